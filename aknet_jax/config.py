@@ -1,0 +1,222 @@
+"""Experiment configuration: the base config, config-string variants and validation.
+
+Every `configs/<dataset>.py` starts from `base_config()`, sets its dataset and recipe, and applies
+the user's config string (`configs/ssv2.py:backbone=tsm,stage=2`) with `apply_config_string`.
+`validate(config)` turns every bad field into one `ValueError` line naming the field.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+BACKBONES = ("tsn", "tsm", "tdn")
+DEPTHS = (18, 34, 50, 101)
+SPLITS = ("res2", "res3", "res4")
+TRANSFORM_MODES = ("full", "lowrank", "none")
+STAGES = ("1", "2", "both")
+OPTIMIZERS = ("sgd", "adam")
+LR_POLICIES = ("tsm", "uniform")
+
+# Short names accepted in config strings, mapped to their full field paths.
+SHORTHANDS = {
+    "backbone": "model.backbone",
+    "depth": "model.depth",
+    "width": "model.width",
+    "dropout": "model.dropout",
+    "split": "model.aknet.split",
+    "alpha": "model.aknet.alpha",
+    "tau": "model.aknet.tau",
+    "transform": "model.aknet.transform_mode",
+    "transform_mode": "model.aknet.transform_mode",
+    "rank": "model.aknet.transform_rank",
+    "transform_rank": "model.aknet.transform_rank",
+    "segments": "dataset.num_segments",
+    "frames": "dataset.num_segments",
+    "image_size": "dataset.image_size",
+    "data_dir": "dataset.data_dir",
+    "batch": "train.batch_size",
+    "batch_size": "train.batch_size",
+    "steps": "train.num_steps",
+    "num_steps": "train.num_steps",
+    "epochs": "train.num_epochs",
+    "lr": "train.learning_rate",
+    "seed": "train.seed",
+    "bf16": "half_precision",
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a run reads, with the TSM Something-Something recipe as defaults."""
+  c = ml_collections.ConfigDict()
+  c.stage = "both"  # '1' backbone only, '2' AK-Net only (from a stage-1/converted checkpoint), 'both'.
+  c.half_precision = False  # bf16 compute, fp32 params.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "tsm"
+  c.model.depth = 50
+  c.model.width = 64  # Base width of the ResNet (64 = the standard nets).
+  c.model.dropout = 0.5  # Before the classifier (TSN wrapper), and before AK-Net's head.
+  c.model.shift_div = 8  # TSM / TDN shift: 1/shift_div of the channels each way.
+  c.model.partial_bn = False  # TSN partial BN: freeze every BN but the stem's.
+  c.model.bn_momentum = 0.9  # Flax convention; = PyTorch momentum 0.1.
+  c.model.aknet = ml_collections.ConfigDict()
+  c.model.aknet.split = "res4"
+  c.model.aknet.alpha = 0.3
+  c.model.aknet.tau = -1.0  # <= 0 means h + w of the split's feature map.
+  c.model.aknet.transform_mode = "full"
+  c.model.aknet.transform_rank = 64
+  c.model.aknet.se_reduction = 16
+  c.model.aknet.reg_weight = 1.0  # lambda_e on the heatmap regulariser r_e.
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "synthetic_something"
+  c.dataset.builder_config = ""  # TFDS builder config name ('' = the builder's default).
+  c.dataset.data_dir = ""  # '' = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  c.dataset.num_classes = 174
+  c.dataset.num_segments = 8
+  c.dataset.frames_per_segment = 1  # 5 for TDN (set automatically by the dataset configs).
+  c.dataset.image_size = 224  # Crop fed to the network.
+  c.dataset.resize_short = 256  # Eval: short side resized to this, then a centre crop.
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "validation"
+  c.dataset.flip = False  # Horizontal flip in training (off where it changes the label).
+  c.dataset.shuffle_buffer = 1024
+  c.dataset.prefetch = 2
+  c.dataset.scales = (1.0, 0.875, 0.75, 0.66)  # Multi-scale crop (TSM GroupMultiScaleCrop).
+  c.dataset.has_masks = False  # Per-frame target masks (synthetic only): keypoint precision.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # Global, over all hosts and devices.
+  c.train.num_epochs = 50
+  c.train.num_steps = 0  # > 0 overrides num_epochs.
+  c.train.stage2_num_steps = 0  # > 0: stage 2's own step count (else = stage 1's).
+  c.train.optimizer = "sgd"
+  c.train.learning_rate = 0.01
+  c.train.momentum = 0.9
+  c.train.weight_decay = 5e-4  # Coupled L2, as PyTorch SGD/Adam weight_decay.
+  c.train.lr_steps = (20, 40)  # Epochs (or fractions of num_steps when num_steps > 0, see optim).
+  c.train.lr_decay = 0.1
+  c.train.warmup_steps = 0
+  c.train.grad_clip = 20.0  # Global-norm clipping; <= 0 disables.
+  c.train.lr_policy = "tsm"  # 'tsm': BN/bias no decay, new fc x5/x10; 'uniform': TDN style.
+  c.train.checkpoint_every_steps = 1000
+  c.train.keep_checkpoints = 3
+  c.train.log_every_steps = 50
+  c.train.eval_every_steps = 0  # 0 = only at the end of each stage.
+  c.train.seed = 0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 16  # Global.
+  c.eval.num_clips = 1
+  c.eval.num_crops = 1  # 1 = centre crop; 3 = left/centre/right (TSM test protocol).
+  c.eval.checkpoint = ""  # --mode=eval: a checkpoint step or directory ('' = latest).
+  c.eval.num_keypoint_images = 4
+  return c
+
+
+def _coerce(value: str, current):
+  """Parses a config-string value to the type of the field it replaces."""
+  if isinstance(current, bool):
+    low = value.lower()
+    if low in ("1", "true", "yes", "on"):
+      return True
+    if low in ("0", "false", "no", "off"):
+      return False
+    raise ValueError(f"expected true/false, got {value!r}")
+  if isinstance(current, int):
+    return int(value)
+  if isinstance(current, float):
+    return float(value)
+  if isinstance(current, tuple):
+    return tuple(type(current[0])(v) if current else float(v) for v in value.split("+") if v)
+  return value
+
+
+def apply_config_string(config: ml_collections.ConfigDict, arg: str | None,
+                        presets: dict | None = None) -> ml_collections.ConfigDict:
+  """Applies `key=value,key=value` (keys: full dotted paths, shorthands, or presets).
+
+  `presets` maps a bare word (e.g. 'tiny') or a `key=value` pair to a callable that edits the
+  config; it runs before the plain assignments so those can refine it.
+  """
+  if not arg:
+    return config
+  presets = presets or {}
+  items = [s.strip() for s in arg.split(",") if s.strip()]
+  plain = []
+  for item in items:
+    if item in presets:
+      presets[item](config)
+    elif "=" not in item:
+      raise ValueError(f"config string item {item!r} is not key=value; "
+                       f"presets: {sorted(k for k in presets if '=' not in k)}")
+    else:
+      plain.append(item)
+  for item in plain:
+    key, value = (s.strip() for s in item.split("=", 1))
+    path = SHORTHANDS.get(key, key)
+    if f"{key}={value}" in presets:
+      presets[f"{key}={value}"](config)
+    parent = config
+    *heads, leaf = path.split(".")
+    try:
+      for h in heads:
+        parent = parent[h]
+      current = parent[leaf]
+    except (KeyError, AttributeError):
+      raise ValueError(f"config string: unknown field {key!r}; use a field path such as "
+                       f"model.backbone or one of {sorted(SHORTHANDS)}") from None
+    try:
+      parent[leaf] = _coerce(value, current)
+    except ValueError as e:
+      raise ValueError(f"config string: bad value for {path}: {e}") from None
+  return config
+
+
+def _check(ok: bool, field: str, message: str):
+  if not ok:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Raises ValueError naming the first invalid field; returns the config unchanged."""
+  m, a, d, t, e = config.model, config.model.aknet, config.dataset, config.train, config.eval
+  _check(str(config.stage) in STAGES, "stage", f"{config.stage!r} is not one of {STAGES}")
+  _check(m.backbone in BACKBONES, "model.backbone", f"{m.backbone!r} is not one of {BACKBONES}")
+  _check(m.depth in DEPTHS, "model.depth", f"{m.depth!r} is not one of {DEPTHS}")
+  _check(m.width >= 8 and m.width % 8 == 0, "model.width",
+         f"{m.width!r} must be a multiple of 8 and >= 8 (64 = standard ResNet)")
+  _check(0.0 <= m.dropout < 1.0, "model.dropout", f"{m.dropout!r} must be in [0, 1)")
+  _check(m.shift_div >= 2, "model.shift_div", f"{m.shift_div!r} must be >= 2")
+  _check(a.split in SPLITS, "model.aknet.split", f"{a.split!r} is not one of {SPLITS}")
+  _check(0.0 < a.alpha <= 1.0, "model.aknet.alpha", f"{a.alpha!r} must be in (0, 1]")
+  _check(a.transform_mode in TRANSFORM_MODES, "model.aknet.transform_mode",
+         f"{a.transform_mode!r} is not one of {TRANSFORM_MODES}")
+  _check(a.transform_rank >= 1, "model.aknet.transform_rank", f"{a.transform_rank!r} must be >= 1")
+  _check(a.tau <= 0 or a.tau > 1, "model.aknet.tau", f"{a.tau!r} must be > 1 (or <= 0 for h + w)")
+  _check(a.reg_weight >= 0, "model.aknet.reg_weight", f"{a.reg_weight!r} must be >= 0")
+  _check(d.num_classes >= 2, "dataset.num_classes", f"{d.num_classes!r} must be >= 2")
+  _check(d.num_segments >= 1, "dataset.num_segments", f"{d.num_segments!r} must be >= 1")
+  want_l = 5 if m.backbone == "tdn" else 1
+  _check(d.frames_per_segment == want_l, "dataset.frames_per_segment",
+         f"{d.frames_per_segment!r} but backbone {m.backbone!r} takes {want_l} frame(s) per segment")
+  _check(d.image_size >= 32 and d.image_size % 32 == 0, "dataset.image_size",
+         f"{d.image_size!r} must be a multiple of 32 (the backbone's total stride), e.g. 224")
+  _check(d.resize_short >= d.image_size, "dataset.resize_short",
+         f"{d.resize_short!r} must be >= dataset.image_size ({d.image_size})")
+  _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size!r} must be >= 1")
+  _check(t.num_steps >= 0, "train.num_steps", f"{t.num_steps!r} must be >= 0")
+  _check(t.num_steps > 0 or t.num_epochs > 0, "train.num_epochs",
+         "set train.num_epochs > 0 or train.num_steps > 0")
+  _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"{t.optimizer!r} is not one of {OPTIMIZERS}")
+  _check(t.learning_rate > 0, "train.learning_rate", f"{t.learning_rate!r} must be > 0")
+  _check(t.weight_decay >= 0, "train.weight_decay", f"{t.weight_decay!r} must be >= 0")
+  _check(0 < t.lr_decay <= 1, "train.lr_decay", f"{t.lr_decay!r} must be in (0, 1]")
+  _check(t.lr_policy in LR_POLICIES, "train.lr_policy", f"{t.lr_policy!r} is not one of {LR_POLICIES}")
+  _check(t.checkpoint_every_steps >= 1, "train.checkpoint_every_steps",
+         f"{t.checkpoint_every_steps!r} must be >= 1")
+  _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"{t.keep_checkpoints!r} must be >= 1")
+  _check(e.batch_size >= 1, "eval.batch_size", f"{e.batch_size!r} must be >= 1")
+  _check(e.num_clips >= 1, "eval.num_clips", f"{e.num_clips!r} must be >= 1")
+  _check(e.num_crops in (1, 3), "eval.num_crops", f"{e.num_crops!r} is not one of (1, 3)")
+  return config
