@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "both"  # '1' backbone only, '2' AK-Net only (from a stage-1/converted checkpoint), 'both'.
   c.half_precision = False  # bf16 compute, fp32 params.
+  # A checkpoint to start from: stage 1 takes the variables it has (e.g. converted ImageNet
+  # weights); stage 2 compacts it (a stage-1 or converted TSM/TDN checkpoint). '' = default.
+  c.init_from = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "tsm"
@@ -171,6 +174,42 @@ def apply_config_string(config: ml_collections.ConfigDict, arg: str | None,
     except ValueError as e:
       raise ValueError(f"config string: bad value for {path}: {e}") from None
   return config
+
+
+def _set_backbone(name: str):
+  """Preset for `backbone=NAME`: the per-backbone recipe differences (reference §5)."""
+  def apply(c):
+    c.model.backbone = name
+    c.dataset.frames_per_segment = 5 if name == "tdn" else 1
+    c.train.lr_policy = "uniform" if name == "tdn" else "tsm"  # TDN applies no lr/wd multipliers.
+  return apply
+
+
+BACKBONE_PRESETS = {f"backbone={b}": _set_backbone(b) for b in BACKBONES}
+
+
+def something_something_recipe(c: ml_collections.ConfigDict):
+  """SGD 0.01, 50 epochs, x0.1 at 20/40, wd 5e-4, clip 20, dropout 0.5, batch 64, no flip."""
+  c.train.optimizer = "sgd"
+  c.train.learning_rate = 0.01
+  c.train.num_epochs = 50
+  c.train.lr_steps = (20, 40)
+  c.train.weight_decay = 5e-4
+  c.train.grad_clip = 20.0
+  c.train.batch_size = 64
+  c.model.dropout = 0.5
+  c.model.partial_bn = False  # Off in every official Something-Something recipe.
+  c.dataset.flip = False  # Left/right classes: TSM never flips Something-Something.
+
+
+def finish(c: ml_collections.ConfigDict, arg: str | None,
+           presets: dict | None = None) -> ml_collections.ConfigDict:
+  """Applies the config string (backbone presets included) and validates."""
+  all_presets = dict(BACKBONE_PRESETS)
+  all_presets.update(presets or {})
+  _set_backbone(c.model.backbone)(c)
+  apply_config_string(c, arg, all_presets)
+  return validate(c)
 
 
 def _check(ok: bool, field: str, message: str):

@@ -1,0 +1,105 @@
+"""Evaluation over a whole split: top-1/top-5, per-class accuracy, keypoint precision.
+
+Every example counts exactly once: the pipeline pads the last batch and masks the padding, and
+the counts are summed over hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import jax
+from jax.experimental import multihost_utils
+
+from aknet_jax.data import pipeline
+
+
+def keypoint_coverage(xyt: np.ndarray, target_mask: np.ndarray, stride: int) -> tuple[float, float]:
+  """(precision, chance) of one clip's keypoints against its per-frame target masks.
+
+  A point at feature cell (x, y, t) scores the fraction of that cell's pixels on the target in
+  frame t; chance is the same score averaged over every cell, i.e. the target's area fraction,
+  which is what uniformly random points would get in expectation.
+  """
+  t, hh, ww = target_mask.shape
+  h, w = hh // stride, ww // stride
+  cells = target_mask[:, :h * stride, :w * stride].reshape(t, h, stride, w, stride).mean(axis=(2, 4))
+  precision = cells[xyt[:, 2], xyt[:, 1], xyt[:, 0]].mean()
+  return float(precision), float(cells.mean())
+
+
+@dataclasses.dataclass
+class EvalResult:
+  metrics: dict  # top1, top5, num_examples (+ keypoint_precision, keypoint_chance).
+  per_class: dict  # class index -> {'accuracy', 'num_examples'}.
+  images: list  # (frames, xyt, label, prediction) of the first clips, for keypoint overlays.
+  indices: list  # Example indices this host evaluated (each exactly once).
+
+
+class _Totals:
+  """Host-side sums of one evaluation, reduced over hosts at the end."""
+
+  def __init__(self, num_classes: int):
+    self.k = num_classes
+    self.correct = np.zeros(num_classes, np.float64)
+    self.count = np.zeros(num_classes, np.float64)
+    self.top5 = 0.0
+    self.kp = np.zeros(3, np.float64)  # precision sum, chance sum, clips.
+    self.indices = []
+
+  def add(self, logits, labels, mask, index):
+    logits, labels, mask = logits[mask], labels[mask], mask[mask]
+    order = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
+    hit1 = order[:, 0] == labels
+    np.add.at(self.correct, labels, hit1.astype(np.float64))
+    np.add.at(self.count, labels, 1.0)
+    self.top5 += float(np.any(order == labels[:, None], axis=-1).sum())
+    self.indices.extend(int(i) for i in index)
+
+  def reduce(self) -> np.ndarray:
+    flat = np.concatenate([self.correct, self.count, [self.top5], self.kp])
+    if jax.process_count() > 1:
+      flat = np.asarray(multihost_utils.process_allgather(flat)).sum(axis=0)
+    return flat
+
+
+def evaluate(config, p_eval, variables, *, feature_stride: int | None = None,
+             num_images: int = 0) -> EvalResult:
+  """Runs `p_eval` over the eval split.
+
+  `p_eval(variables, frames)` is the pmapped eval step on replicated variables; with `feature_stride`, it also returns
+  keypoints, scored against the dataset's target masks when it has them.
+  """
+  totals = _Totals(config.dataset.num_classes)
+  images = []
+  for batch in pipeline.create_eval_iterator(config):
+    logits, kp = p_eval(variables, batch["frames"])
+    logits = np.asarray(jax.device_get(logits)).reshape(-1, config.dataset.num_classes)
+    mask = batch["mask"].reshape(-1)
+    labels = batch["label"].reshape(-1)
+    totals.add(logits, labels, mask, batch["index"].reshape(-1)[mask])
+    if kp is not None:
+      xyt = np.asarray(jax.device_get(kp["xyt"])).reshape((-1,) + kp["xyt"].shape[2:])
+      if "target_mask" in batch:
+        masks = batch["target_mask"].reshape((-1,) + batch["target_mask"].shape[2:])
+        for i in np.flatnonzero(mask):
+          p, c = keypoint_coverage(xyt[i], masks[i], feature_stride)
+          totals.kp += (p, c, 1.0)
+      if len(images) < num_images:
+        frames = batch["frames"].reshape((-1,) + batch["frames"].shape[2:])
+        for i in np.flatnonzero(mask)[:num_images - len(images)]:
+          images.append((frames[i], xyt[i], int(labels[i]), int(np.argmax(logits[i]))))
+  flat = totals.reduce()
+  k = totals.k
+  correct, count, top5, kp = flat[:k], flat[k:2 * k], flat[2 * k], flat[2 * k + 1:]
+  n = int(count.sum())
+  if n == 0:
+    raise ValueError(f"the eval split {config.dataset.eval_split!r} of {config.dataset.name} is empty")
+  metrics = {"top1": float(correct.sum() / n), "top5": float(top5 / n), "num_examples": n}
+  if kp[2] > 0:
+    metrics["keypoint_precision"] = float(kp[0] / kp[2])
+    metrics["keypoint_chance"] = float(kp[1] / kp[2])
+  per_class = {str(c): {"accuracy": float(correct[c] / count[c]) if count[c] else None,
+                        "num_examples": int(count[c])} for c in range(k)}
+  return EvalResult(metrics, per_class, images, totals.indices)

@@ -1,0 +1,21 @@
+"""Diving48 (V2 labels): Adam 5e-4, 45 epochs, x0.1 at 20/40, horizontal flip (label-preserving).
+
+Variants: `configs/diving48.py:backbone=tdn` (see aknet_jax/config.py SHORTHANDS).
+"""
+
+from aknet_jax import config as config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.dataset.name = "diving48"
+  c.dataset.num_classes = 48
+  c.dataset.eval_split = "test"
+  c.dataset.flip = True  # Dive classes do not encode image left/right.
+  c.train.optimizer = "adam"
+  c.train.learning_rate = 5e-4
+  c.train.num_epochs = 45
+  c.train.lr_steps = (20, 40)
+  c.train.weight_decay = 5e-4  # Coupled L2 before Adam, as PyTorch Adam(weight_decay=...).
+  c.model.dropout = 0.5
+  return config_lib.finish(c, arg)

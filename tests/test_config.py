@@ -1,0 +1,67 @@
+"""Configs: every dataset config loads, variants apply, bad fields fail with one line naming them."""
+
+import importlib.util
+import os
+
+import pytest
+
+from aknet_jax import config as config_lib
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name,classes", [("synthetic", 8), ("ssv1", 174), ("ssv2", 174),
+                                          ("diving48", 48)])
+def test_dataset_configs_load_with_the_paper_recipe(name, classes):
+  c = load(name)
+  assert c.dataset.num_classes == classes
+  assert c.dataset.num_segments == 8
+  if name.startswith("ssv"):
+    assert (c.train.optimizer, c.train.learning_rate, c.train.num_epochs) == ("sgd", 0.01, 50)
+    assert tuple(c.train.lr_steps) == (20, 40) and not c.dataset.flip
+    assert c.train.weight_decay == 5e-4 and c.train.grad_clip == 20 and c.model.dropout == 0.5
+  if name == "diving48":
+    assert (c.train.optimizer, c.train.learning_rate, c.train.num_epochs) == ("adam", 5e-4, 45)
+    assert c.dataset.flip and c.dataset.eval_split == "test"
+
+
+def test_variants_from_the_config_string():
+  c = load("ssv2", "backbone=tdn,stage=2,alpha=0.5,split=res3,transform=lowrank")
+  assert (c.model.backbone, c.stage, c.model.aknet.alpha) == ("tdn", "2", 0.5)
+  assert (c.model.aknet.split, c.model.aknet.transform_mode) == ("res3", "lowrank")
+  assert c.dataset.frames_per_segment == 5 and c.train.lr_policy == "uniform"
+  c = load("ssv2", "backbone=tsn,model.depth=101,train.lr_steps=10+20")
+  assert c.model.depth == 101 and tuple(c.train.lr_steps) == (10, 20)
+  assert c.dataset.frames_per_segment == 1 and c.train.lr_policy == "tsm"
+
+
+@pytest.mark.parametrize("arg,field", [
+    ("backbone=i3d", "config.model.backbone"),
+    ("depth=42", "config.model.depth"),
+    ("split=res5", "config.model.aknet.split"),
+    ("alpha=0", "config.model.aknet.alpha"),
+    ("alpha=1.5", "config.model.aknet.alpha"),
+    ("transform=dense", "config.model.aknet.transform_mode"),
+    ("stage=3", "config.stage"),
+    ("image_size=100", "config.dataset.image_size"),
+    ("bogus=1", "unknown field 'bogus'"),
+    ("depth=abc", "model.depth"),
+])
+def test_bad_values_fail_with_one_line_naming_the_field(arg, field):
+  with pytest.raises(ValueError) as e:
+    load("ssv2", arg)
+  assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tdn_needs_five_frames_per_segment():
+  c = load("ssv2")
+  c.model.backbone = "tdn"
+  with pytest.raises(ValueError, match="config.dataset.frames_per_segment"):
+    config_lib.validate(c)
