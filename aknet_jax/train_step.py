@@ -50,7 +50,7 @@ def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict, s
   metrics = dict(metrics)
   metrics.update(_accuracy(logits, batch["label"]))
   metrics["lr"] = schedule(state.step)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return new_state, jax.lax.pmean(metrics, AXIS)
 
 

@@ -19,8 +19,8 @@ def point_to_pixel(x, y, stride: int):
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
   """ImageNet-normalised float frames -> uint8 RGB."""
-  mean = np.asarray(augment.IMAGENET_MEAN, np.float32)
-  std = np.asarray(augment.IMAGENET_STD, np.float32)
+  mean = np.asarray(augment.MEAN_RGB, np.float32)
+  std = np.asarray(augment.STDDEV_RGB, np.float32)
   return np.clip((frames * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

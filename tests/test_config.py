@@ -1,20 +1,9 @@
 """Configs: every dataset config loads, variants apply, bad fields fail with one line naming them."""
 
-import importlib.util
-import os
-
 import pytest
 
 from aknet_jax import config as config_lib
-
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def load(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from conftest import load_config as load
 
 
 @pytest.mark.parametrize("name,classes", [("synthetic", 8), ("ssv1", 174), ("ssv2", 174),

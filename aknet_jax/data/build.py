@@ -1,0 +1,79 @@
+r"""Builds a dataset into TFDS format from the files downloaded by hand; never uses the network.
+
+  python -m aknet_jax.data.build --dataset=something_something_v2 \
+      --manual_dir=/data/ssv2 --data_dir=~/tensorflow_datasets [--config=short128]
+
+Clips that cannot be read (undecodable or empty video, missing frame folder, label outside the
+class list) are skipped; the build finishes and lists them in <dataset dir>/build_report.json.
+Equivalent: `tfds build NAME --imports=aknet_jax.data.builders --manual_dir=DIR --data_dir=DIR`
+(TFDS 4.9.10's `tfds` launcher imports apache-beam at start-up: install it to use that form).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+import tensorflow_datasets as tfds
+
+from aknet_jax.data import builders
+from aknet_jax.data import video_builder
+
+_DATASET = flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to build.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with the files downloaded by hand.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
+_CONFIG = flags.DEFINE_string("config", None, "Builder config (default: the builder's default).")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", None,
+                                    "Decoding processes (default: all cores for large splits).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset is prepared.")
+_MAX_LISTED = 20
+
+
+def build(dataset: str, manual_dir: str | None, data_dir: str | None, config: str | None = None,
+          num_workers: int | None = None, overwrite: bool = False) -> dict:
+  """Prepares `dataset` in `data_dir` and returns its build report {split: {...}}."""
+  if dataset not in builders.BUILDERS:
+    raise ValueError(f"--dataset: {dataset!r} is not one of {sorted(builders.BUILDERS)}")
+  configs = [c.name for c in builders.BUILDERS[dataset].BUILDER_CONFIGS]
+  if config and config not in configs:
+    raise ValueError(f"--config: {config!r} is not one of {configs} for {dataset}")
+  if builders.BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
+    what = " ".join(builders.BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+    raise ValueError(f"--manual_dir: required for {dataset}. {what}")
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  builder = tfds.builder(dataset, data_dir=data_dir, config=config or None,
+                         num_workers=num_workers)
+  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+      try_download_gcs=False, download_mode=mode))
+  return video_builder.read_report(builder) | {"_data_dir": os.fspath(builder.data_dir)}
+
+
+def _print_report(report: dict):
+  path = os.path.join(report.pop("_data_dir"), video_builder.REPORT_FILE)
+  for split, r in sorted(report.items()):
+    print(f"{split}: {r['num_examples']} clips written, {r['num_skipped']} skipped")
+    for s in r["skipped"][:_MAX_LISTED]:
+      print(f"  skipped {s['id']}: {s['reason']}")
+    if r["num_skipped"] > _MAX_LISTED:
+      print(f"  ... {r['num_skipped'] - _MAX_LISTED} more")
+  print(f"report: {path}")
+
+
+def main(argv):
+  del argv
+  try:
+    report = build(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _CONFIG.value,
+                   _NUM_WORKERS.value, _OVERWRITE.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  _print_report(report)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("dataset")
+  app.run(main)

@@ -1,0 +1,171 @@
+"""The input pipeline on synthetic_something/tiny: layout, determinism, resume, sharding, masks."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from aknet_jax.data import augment  # noqa: E402
+from aknet_jax.data import pipeline  # noqa: E402
+from conftest import load_config  # noqa: E402
+
+MEAN, STD = np.array(augment.MEAN_RGB), np.array(augment.STDDEV_RGB)
+
+
+@pytest.fixture()
+def cfg(tiny_data_dir):
+  """tiny: 12 frames of 32x48, 32 train / 16 validation clips; T = 4, S = 32, batch 4."""
+  return load_config("synthetic", f"tiny,data_dir={tiny_data_dir}")
+
+
+def take(it, n):
+  return list(itertools.islice(it, n))
+
+
+def test_train_batch_layout(cfg):
+  cfg.dataset.has_masks = False
+  [b] = take(pipeline.create_train_iterator(cfg, num_local_devices=2), 1)
+  assert b["frames"].shape == (2, 2, 4, 32, 32, 3) and b["frames"].dtype == np.float32
+  assert b["label"].shape == (2, 2) and b["label"].dtype == np.int32
+  assert b["mask"].dtype == bool and b["mask"].all()
+  assert b["index"].dtype == np.int64
+  assert b["target_mask"].shape == (2, 2, 4, 32, 32) and b["target_mask"].dtype == np.float32
+  assert 0.0 <= b["target_mask"].min() and b["target_mask"].max() <= 1.0
+  assert cfg.dataset.has_masks  # Set from the dataset's features.
+  pixels = b["frames"] * STD + MEAN  # ImageNet normalisation undone -> [0, 1].
+  assert -0.01 <= pixels.min() and pixels.max() <= 1.01
+  # Labels are the examples' labels (tiny: label = example number % 8, order shuffled by TFDS).
+  assert np.all(b["label"] >= 0) and np.all(b["label"] < 8)
+
+
+def test_resume_yields_exactly_the_uninterrupted_stream(cfg):
+  full = take(pipeline.create_train_iterator(cfg, num_local_devices=1), 11)
+  # One epoch = 32 clips = 8 batches: each example exactly once, in a shuffled order.
+  first_epoch = np.concatenate([b["index"].ravel() for b in full[:8]])
+  assert sorted(first_epoch) == list(range(32)) and list(first_epoch) != list(range(32))
+  second_epoch = np.concatenate([b["index"].ravel() for b in full[8:]])
+  assert list(second_epoch) != list(first_epoch[:12])  # A new permutation per epoch.
+  resumed = take(pipeline.create_train_iterator(cfg, start_batch=6, num_local_devices=1), 5)
+  for a, b in zip(full[6:], resumed):  # Crosses the epoch boundary.
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  cfg.train.seed = 1
+  other = take(pipeline.create_train_iterator(cfg, num_local_devices=1), 1)[0]
+  assert not np.array_equal(other["index"], full[0]["index"])
+
+
+def test_train_hosts_read_disjoint_shards(cfg):
+  cfg.train.batch_size = 8
+  seen = []
+  for p in range(2):
+    batches = take(pipeline.create_train_iterator(cfg, process_index=p, process_count=2,
+                                                  num_local_devices=1), 4)
+    assert batches[0]["frames"].shape[:2] == (1, 4)
+    seen.append(np.concatenate([b["index"].ravel() for b in batches]))
+  assert sorted(seen[0]) == list(range(16)) and sorted(seen[1]) == list(range(16, 32))
+
+
+def test_eval_covers_each_example_once_on_every_host(cfg):
+  cfg.eval.batch_size = 6
+  valid, counts = [], []
+  for p in range(3):  # 16 clips over 3 hosts: shards of 5, 5, 6; 2 per host per batch.
+    batches = list(pipeline.create_eval_iterator(cfg, process_index=p, process_count=3,
+                                                 num_local_devices=1))
+    counts.append(len(batches))
+    for b in batches:
+      valid += list(b["index"][b["mask"]])
+      assert np.all(b["index"][~b["mask"]] == -1)
+  assert counts == [3, 3, 3]
+  assert sorted(valid) == list(range(16))
+
+
+def test_eval_is_deterministic_and_in_order(cfg):
+  a = list(pipeline.create_eval_iterator(cfg, num_local_devices=1))
+  b = list(pipeline.create_eval_iterator(cfg, num_local_devices=1))
+  assert len(a) == 4
+  np.testing.assert_array_equal(np.concatenate([x["index"].ravel() for x in a]), np.arange(16))
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_eval_multi_view_layout(cfg):
+  cfg.eval.num_clips, cfg.eval.num_crops = 2, 3
+  [b] = take(pipeline.create_eval_iterator(cfg, num_local_devices=1), 1)
+  assert b["frames"].shape == (1, 4, 6, 4, 32, 32, 3)
+  assert b["target_mask"].shape == (1, 4, 6, 4, 32, 32)
+  # 32x48 frames at short side 32: left / right / centre crops at x = 0, 16, 8; clips differ.
+  f = b["frames"][0, 0]
+  assert not np.allclose(f[0], f[2]) and not np.allclose(f[0], f[1])
+
+
+def test_tdn_windows_and_centre_masks(cfg):
+  cfg.model.backbone, cfg.dataset.frames_per_segment = "tdn", 5
+  for it in (pipeline.create_train_iterator(cfg, num_local_devices=1),
+             pipeline.create_eval_iterator(cfg, num_local_devices=1)):
+    [b] = take(it, 1)
+    assert b["frames"].shape == (1, 4, 20, 32, 32, 3)
+    assert b["target_mask"].shape == (1, 4, 4, 32, 32)
+    frames = b["frames"][0].reshape(4, 4, 5, 32, 32, 3)[:, :, 2]  # The RGB (centre) frames.
+    agreement = target_colour_agreement(frames, b["target_mask"][0])
+    assert agreement > 0.8, agreement
+
+
+def target_colour_agreement(frames, masks):
+  """Fraction of clearly target-coloured pixels (pinwheel magenta) that the mask covers."""
+  rgb = (frames * STD + MEAN) * 255
+  magenta = (rgb[..., 0] > 200) & (rgb[..., 1] < 70) & (rgb[..., 2] > 150)
+  return (masks[magenta] > 0.3).mean()
+
+
+def test_masks_follow_crop_and_flip(cfg):
+  cfg.dataset.flip = True
+  cfg.dataset.scales = (1.0, 0.875, 0.75, 0.66)
+  flipped = take(pipeline.create_train_iterator(cfg, num_local_devices=1), 4)
+  cfg.dataset.flip = False
+  plain = take(pipeline.create_train_iterator(cfg, num_local_devices=1), 4)
+  num_flipped = 0
+  for f, p in zip(flipped, plain):
+    np.testing.assert_array_equal(f["index"], p["index"])
+    for i in range(4):
+      a, b = f["frames"][0, i], p["frames"][0, i]
+      if np.array_equal(a, b[:, :, ::-1]) and not np.array_equal(a, b):
+        num_flipped += 1  # Every frame of the clip flipped together.
+        np.testing.assert_array_equal(f["target_mask"][0, i], p["target_mask"][0, i][:, :, ::-1])
+      else:
+        np.testing.assert_array_equal(a, b)
+    assert target_colour_agreement(f["frames"][0], f["target_mask"][0]) > 0.8
+  assert 2 <= num_flipped <= 14
+
+
+def test_bad_input_errors(cfg, tmp_path):
+  cfg.train.batch_size = 6
+  with pytest.raises(ValueError, match=r"config.train.batch_size: 6 is not divisible by the 4 "
+                                       r"devices"):
+    pipeline.create_train_iterator(cfg, num_local_devices=4)
+  with pytest.raises(ValueError, match=r"config.eval.batch_size: 4 is not divisible by the 3"):
+    pipeline.create_eval_iterator(cfg, num_local_devices=3)
+  cfg.train.batch_size = 4
+  cfg.dataset.num_classes = 174
+  with pytest.raises(ValueError, match=r"config.dataset.num_classes: 174 but synthetic_something "
+                                       r"has 8 classes"):
+    pipeline.create_train_iterator(cfg, num_local_devices=1)
+  assert not load_config("ssv1").dataset.flip and not load_config("ssv2").dataset.flip
+  ss = load_config("ssv2", f"data_dir={tmp_path}")
+  ss.dataset.flip = True
+  with pytest.raises(ValueError, match=r"config.dataset.flip: must be False for "
+                                       r"something_something_v2"):
+    pipeline.create_train_iterator(ss, num_local_devices=1)
+  ss.dataset.flip = False
+  with pytest.raises(ValueError, match=r"dataset something_something_v2 is not prepared in .*: "
+                                       r"run python -m aknet_jax.data.build "
+                                       r"--dataset=something_something_v2 --manual_dir=DIR"):
+    pipeline.num_examples(ss, "train")
+  with pytest.raises(ValueError, match=r"split 'test' of synthetic_something is not one of"):
+    pipeline.num_examples(cfg, "test")
+  cfg.dataset.builder_config = "huge"
+  with pytest.raises(ValueError, match=r"config.dataset.builder_config: 'huge' is not one of "
+                                       r"\['default', 'tiny'\]"):
+    pipeline.num_examples(cfg, "train")

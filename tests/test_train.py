@@ -1,0 +1,171 @@
+"""Training and evaluation: loss goes down, pmap = 1 device, eval covers each example once, resume."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aknet_jax import models, optim, train, train_step as steps
+from aknet_jax.data import pipeline
+from conftest import ROOT, load_config
+
+
+def _state(cfg, num_steps=10):
+  model = models.build(cfg, bn_axis_name=steps.AXIS)
+  variables = models.init_variables(cfg, jax.random.PRNGKey(0))
+  tx, schedule = optim.create_optimizer(cfg, variables["params"], num_steps)
+  return model, steps.create_state(model, variables, tx), schedule
+
+
+@pytest.mark.parametrize("stage", ["1", "2"])
+def test_train_steps_lower_the_loss_on_a_fixed_batch(stage):
+  cfg = load_config("synthetic", f"tiny,stage={stage},dropout=0")
+  _, state, schedule = _state(cfg)
+  p_train = steps.pmapped_train_step(cfg, schedule)
+  rng = np.random.default_rng(0)
+  d = cfg.dataset
+  batch = {"frames": rng.normal(size=(1, 4, d.num_segments, d.image_size, d.image_size, 3)).astype(np.float32),
+           "label": np.array([[0, 1, 2, 3]], np.int32)}
+  state = flax.jax_utils.replicate(state)
+  losses = []
+  for _ in range(6):
+    state, metrics = p_train(state, batch)
+    losses.append(float(metrics["loss"][0]))
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < losses[0] * 0.9, losses
+  if stage == "2":
+    assert {"ce", "aux_ce", "r_e"} <= set(metrics)
+
+
+def test_pmap_over_two_devices_equals_one_device_with_the_same_global_batch():
+  script = textwrap.dedent(f"""
+      import os, sys
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+      import functools, flax, jax, numpy as np
+      from aknet_jax import models, optim, train_step as steps
+      from conftest import load_config
+      cfg = load_config("synthetic", "tiny,stage=2,dropout=0")
+      model = models.build(cfg, bn_axis_name=steps.AXIS)
+      variables = models.init_variables(cfg, jax.random.PRNGKey(0))
+      tx, schedule = optim.create_optimizer(cfg, variables["params"], 10)
+      state = steps.create_state(model, variables, tx)
+      d = cfg.dataset
+      rng = np.random.default_rng(0)
+      frames = rng.normal(size=(4, d.num_segments, d.image_size, d.image_size, 3)).astype(np.float32)
+      labels = np.arange(4, dtype=np.int32)
+      fn = functools.partial(steps.train_step, config=cfg, schedule=schedule)
+      out = []
+      for n in (1, 2):
+        p = jax.pmap(fn, axis_name=steps.AXIS, devices=jax.devices()[:n])
+        s = flax.jax_utils.replicate(state, devices=jax.devices()[:n])
+        for _ in range(2):
+          s, _ = p(s, {{"frames": frames.reshape((n, 4 // n) + frames.shape[1:]),
+                       "label": labels.reshape(n, 4 // n)}})
+        out.append(jax.tree_util.tree_map(lambda x: np.asarray(x[0]), (s.params, s.batch_stats)))
+        if n == 2:
+          same = jax.tree_util.tree_map(lambda x: np.array_equal(np.asarray(x[0]), np.asarray(x[1])), s.params)
+          assert all(jax.tree_util.tree_leaves(same)), "replicas diverged"
+      err = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)), *out)
+      worst = max(jax.tree_util.tree_leaves(err))
+      print("worst relative difference", worst)
+      assert worst < 1e-4, worst
+  """)
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+
+
+def test_eval_counts_every_example_exactly_once(tiny_data_dir):
+  cfg = load_config("synthetic", f"tiny,stage=1,data_dir={tiny_data_dir}")
+  with cfg.unlocked():
+    cfg.eval.batch_size = 3  # Does not divide the split: the last batch is padded and masked.
+  model = models.build(cfg)
+  variables = flax.jax_utils.replicate(models.init_variables(cfg, jax.random.PRNGKey(0)))
+  res = train.eval_lib.evaluate(cfg, steps.pmapped_eval_step(model), variables)
+  n = pipeline.num_examples(cfg, cfg.dataset.eval_split)
+  assert n % 3 != 0
+  assert sorted(res.indices) == list(range(n))
+  assert res.metrics["num_examples"] == n
+  assert sum(c["num_examples"] for c in res.per_class.values()) == n
+
+
+def _final_params(workdir):
+  directory, step = train.checkpoints.find_checkpoint(os.path.join(workdir, "stage1", "checkpoints"))
+  variables, meta = train.checkpoints.read_variables(directory, step)
+  return step, variables
+
+
+def test_resume_continues_from_the_saved_step_with_identical_results(tiny_data_dir, tmp_path,
+                                                                     monkeypatch):
+  cfg = load_config("synthetic", f"tiny,stage=1,data_dir={tiny_data_dir}")
+  train.train_and_evaluate(cfg, str(tmp_path / "straight"))
+
+  real = pipeline.create_train_iterator
+  seen = []
+
+  def interrupted(config, *, start_batch=0, **kw):
+    seen.append(start_batch)
+    it = real(config, start_batch=start_batch, **kw)
+    for i, batch in enumerate(it):
+      if start_batch == 0 and i == 3:  # Dies after the step-2 checkpoint, during step 4.
+        raise KeyboardInterrupt
+      yield batch
+
+  monkeypatch.setattr(pipeline, "create_train_iterator", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  assert seen == [0, 2]  # The second run resumed at the step-2 checkpoint's data position.
+  step_a, a = _final_params(str(tmp_path / "straight"))
+  step_b, b = _final_params(str(tmp_path / "resumed"))
+  assert step_a == step_b == cfg.train.num_steps
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  with open(tmp_path / "resumed" / "results.json") as f:
+    assert json.load(f)["stage1"]["step"] == cfg.train.num_steps
+
+
+@pytest.mark.slow
+def test_both_stages_from_the_command_line_then_eval_in_a_new_process(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "aknet_jax.main", f"--config=configs/synthetic.py:tiny,data_dir={tiny_data_dir}",
+         f"--workdir={workdir}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "ETA" in out.stderr
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  for stage in ("stage1", "stage2"):
+    assert {"top1", "top5", "num_examples", "gmacs", "params", "step"} <= set(results[stage])
+    assert os.path.exists(os.path.join(workdir, stage, "per_class_accuracy.json"))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, stage)))
+  assert {"keypoint_precision", "keypoint_chance"} <= set(results["stage2"])
+  assert results["stage1"]["gmacs"] > 0 and results["stage2"]["gmacs"] > 0
+  assert os.path.exists(os.path.join(workdir, "stage2", "keypoints", "grid.png"))
+
+  os.remove(os.path.join(workdir, "results.json"))
+  out = subprocess.run(cmd + ["--mode=eval"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    again = json.load(f)
+  assert again["stage2"]["top1"] == pytest.approx(results["stage2"]["top1"])
+  assert again["stage2"]["num_examples"] == results["stage2"]["num_examples"]
+
+
+def test_eval_of_a_checkpoint_of_another_architecture_fails_in_one_line(tiny_data_dir, tmp_path):
+  cfg = load_config("synthetic", f"tiny,stage=1,data_dir={tiny_data_dir}")
+  variables = models.init_variables(cfg, jax.random.PRNGKey(0))
+  meta = {"architecture": train.checkpoints.architecture(cfg, "1"), "step": 0}
+  train.checkpoints.write_variables(str(tmp_path / "stage1" / "checkpoints"), 0, variables, meta)
+  other = load_config("synthetic", f"tiny,stage=1,depth=34,data_dir={tiny_data_dir}")
+  with pytest.raises(ValueError, match="model.depth") as e:
+    train.evaluate_checkpoint(other, str(tmp_path))
+  assert "\n" not in str(e.value)
