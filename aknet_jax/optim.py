@@ -80,7 +80,7 @@ def multipliers(config: ml_collections.ConfigDict, params, *, new_classifier: bo
 
   def lr_mult(path, _):
     names = tuple(getattr(k, "key", str(k)) for k in path)
-    if frozen and resnet.is_frozen_bn_path(names):
+    if frozen and names[0] == "backbone" and resnet.is_frozen_bn_path(names):
       return 0.0
     return table[_leaf_kind(path)][0]
 

@@ -1,0 +1,39 @@
+"""Training losses: cross-entropy; for AK-Net also the aux head's and the heatmap regulariser.
+
+Weight decay is not here: the optimiser adds it (coupled L2, as PyTorch SGD).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy of (B, K) logits against integer labels (B,)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  return jnp.mean(ce)
+
+
+def heatmap_regularizer(heatmap: jax.Array) -> jax.Array:
+  """r_e = mean of 4 H (1 - H) over a [0, 1] heatmap: 0 at a binary map, 1 at H = 1/2 everywhere."""
+  heatmap = heatmap.astype(jnp.float32)
+  return jnp.mean(4.0 * heatmap * (1.0 - heatmap))
+
+
+def compute_loss(outputs: dict, labels: jax.Array, config: ml_collections.ConfigDict):
+  """Train-mode model outputs -> (scalar loss, metrics dict of scalars).
+
+  Backbone (stage 1, outputs {'logits'}): CE; metrics 'ce', 'loss'.
+  AK-Net (outputs also 'aux_logits', 'heatmap'): (CE + CE_aux) / 2 + reg_weight * r_e;
+  metrics 'ce', 'aux_ce', 'r_e', 'loss'.
+  """
+  ce = cross_entropy(outputs["logits"], labels)
+  if "aux_logits" not in outputs:
+    return ce, {"ce": ce, "loss": ce}
+  aux_ce = cross_entropy(outputs["aux_logits"], labels)
+  r_e = heatmap_regularizer(outputs["heatmap"])
+  loss = 0.5 * (ce + aux_ce) + config.model.aknet.reg_weight * r_e
+  return loss, {"ce": ce, "aux_ce": aux_ce, "r_e": r_e, "loss": loss}

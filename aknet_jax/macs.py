@@ -1,0 +1,84 @@
+"""Prints the inference cost (GFLOPs as multiply-accumulates) and parameters of the models.
+
+  python -m aknet_jax.macs [--depth=50 --frames=8 --image_size=224 --split=res4 --alpha=0.3]
+
+Costs are XLA's cost analysis of one clip's jitted inference, flops / 2 (the paper's "GFLOPs" are
+MACs); no weights are allocated, so the full-mode transform net (~270 M parameters at res4) costs
+nothing to count.
+"""
+
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+
+from aknet_jax import config as config_lib
+from aknet_jax import models
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("depth", 50, "ResNet depth (18, 34, 50, 101).")
+flags.DEFINE_integer("width", 64, "ResNet base width (64 = the standard nets).")
+flags.DEFINE_integer("frames", 8, "Segments per clip (T).")
+flags.DEFINE_integer("image_size", 224, "Input side in pixels.")
+flags.DEFINE_enum("split", "res4", list(config_lib.SPLITS), "AK-Net split stage.")
+flags.DEFINE_float("alpha", 0.3, "AK-Net keypoint ratio.")
+flags.DEFINE_integer("rank", 64, "Rank of the 'lowrank' transform.")
+flags.DEFINE_integer("num_classes", 174, "Classifier outputs (174 = Something-Something).")
+
+# Paper Table II (8 frames, 224^2, ResNet-50, split res4, alpha 0.3, the full transform net).
+PAPER_GFLOPS = {("tsm", None): 33, ("tdn", None): 36, ("tsm", "full"): 28, ("tdn", "full"): 31}
+ROWS = (("TSN", "tsn", None), ("TSM", "tsm", None), ("TDN", "tdn", None),
+        ("AK-Net-TSM", "tsm", "full"), ("AK-Net-TSM", "tsm", "lowrank"),
+        ("AK-Net-TSM", "tsm", "none"), ("AK-Net-TDN", "tdn", "full"),
+        ("AK-Net-TDN", "tdn", "lowrank"), ("AK-Net-TDN", "tdn", "none"))
+
+
+def row_config(backbone: str, transform: str | None, *, depth=50, width=64, frames=8,
+               image_size=224, split="res4", alpha=0.3, rank=64, num_classes=174):
+  """The config of one table row: the plain backbone (stage 1) when `transform` is None."""
+  c = config_lib.base_config()
+  c.stage = "1" if transform is None else "2"
+  c.model.backbone, c.model.depth, c.model.width = backbone, depth, width
+  c.dataset.num_segments, c.dataset.image_size = frames, image_size
+  c.dataset.resize_short = max(c.dataset.resize_short, image_size)
+  c.dataset.frames_per_segment = 5 if backbone == "tdn" else 1
+  c.dataset.num_classes = num_classes
+  c.model.aknet.split, c.model.aknet.alpha = split, alpha
+  c.model.aknet.transform_mode = transform or "full"
+  c.model.aknet.transform_rank = rank
+  return config_lib.validate(c)
+
+
+def table(**kwargs) -> str:
+  """The Markdown table of ROWS for these settings (row_config's keywords)."""
+  paper_settings = dict(depth=50, width=64, frames=8, image_size=224, split="res4", alpha=0.3)
+  settings = {**paper_settings, **kwargs}
+  is_paper = all(settings[k] == v for k, v in paper_settings.items())
+  lines = [f"ResNet-{settings['depth']}, {settings['frames']} frames, {settings['image_size']}², "
+           f"AK-Net split {settings['split']}, alpha {settings['alpha']}; one clip, inference. "
+           "GFLOPs = multiply-accumulates (paper convention) = XLA cost-analysis flops / 2. "
+           "Params include AK-Net's training-only auxiliary head; the last column leaves it out.",
+           "",
+           "| model | transform | GFLOPs (MACs) | paper GFLOPs | params (M) | "
+           "params at inference (M) |",
+           "|---|---|---:|---:|---:|---:|"]
+  for name, backbone, transform in ROWS:
+    config = row_config(backbone, transform, **kwargs)
+    paper = PAPER_GFLOPS.get((backbone, transform)) if is_paper else None
+    shapes = models.variable_shapes(config)
+    params = [models.param_count(config, inference=i, shapes=shapes) / 1e6 for i in (False, True)]
+    lines.append(f"| {name} | {transform or '—'} | {models.gmacs(config, shapes=shapes):.2f} | "
+                 f"{paper if paper else '—'} | {params[0]:.1f} | {params[1]:.1f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  print(table(depth=FLAGS.depth, width=FLAGS.width, frames=FLAGS.frames,
+              image_size=FLAGS.image_size, split=FLAGS.split, alpha=FLAGS.alpha, rank=FLAGS.rank,
+              num_classes=FLAGS.num_classes))
+
+
+if __name__ == "__main__":
+  app.run(main)

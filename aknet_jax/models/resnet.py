@@ -1,0 +1,169 @@
+"""ResNet building blocks with PyTorch's padding, initialisation and BN conventions (torchvision v1.5).
+
+Blocks carry the video backbones' temporal ops inside their residual branch: the TSM shift of the
+block input before conv1, or TDN's mSE + learnable shift after conv1/bn1/relu (reference doc 2.2, 3.4).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aknet_jax.models import tdn
+from aknet_jax.models.temporal_shift import temporal_shift
+
+ModuleDef = Any
+
+STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+STAGES = ("res2", "res3", "res4", "res5")  # == torch layer1..layer4
+TEMPORAL_OPS = ("none", "tsm", "tdn")
+
+# He init as torchvision / FBResNet: Normal(0, sqrt(2 / (kh * kw * C_out))), not truncated.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+_BLOCK = re.compile(r"^(layer\d+|resnext_layer1)_\d+$")
+_BN = re.compile(r"^(bn\w*|downsample_bn)$")
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's default conv bias init, Uniform(+-1/sqrt(fan_in)) (TDN's biases keep it)."""
+  bound = 1.0 / float(fan_in) ** 0.5
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def expansion(depth: int) -> int:
+  """Output channels / planes of a block: 1 for BasicBlock (18, 34), 4 for Bottleneck (50, 101)."""
+  if depth not in STAGE_SIZES:
+    raise ValueError(f"config.model.depth: {depth!r} is not one of {tuple(STAGE_SIZES)}")
+  return 1 if depth < 50 else 4
+
+
+def stage_channels(config) -> dict:
+  """Output channels of each stage, e.g. width 64, depth 50 -> res2 256 ... res5 2048."""
+  e = expansion(config.model.depth)
+  return {s: config.model.width * 2**i * e for i, s in enumerate(STAGES)}
+
+
+def stage_strides() -> dict:
+  """Total stride of each stage's output w.r.t. the input image."""
+  return {s: 4 * 2**i for i, s in enumerate(STAGES)}
+
+
+def is_frozen_bn_path(path_tuple) -> bool:
+  """True for the params of a BatchNorm that partial BN freezes: every backbone BN but stem `bn1`.
+
+  Those are BNs inside a residual block (`layerL_b`, `resnext_layer1_b`, their `mse`) and TDN's
+  difference-stem `bn1_5`. Accepts string names or JAX key-path entries.
+  """
+  names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path_tuple]
+  for i, name in enumerate(names):
+    if name == "bn1_5":
+      return True
+    if _BN.match(name) and any(_BLOCK.match(n) for n in names[:i]):
+      return True
+  return False
+
+
+def _downsample(x, out_ch, strides, conv, norm):
+  """1x1 strided conv + BN on the shortcut (torch `downsample.0/1`)."""
+  y = conv(out_ch, (1, 1), strides=strides, padding="VALID",
+           bias_init=torch_bias_init(x.shape[-1]), name="downsample_conv")(x)
+  return norm(name="downsample_bn")(y)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (stride on the first) for ResNet-18/34; TSM shifts the branch input."""
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  temporal: str = "none"
+  num_segments: int = 1
+  shift_div: int = 8
+  expansion: ClassVar[int] = 1
+
+  @nn.compact
+  def __call__(self, x):
+    if self.temporal not in ("none", "tsm"):
+      raise ValueError(f"BasicBlock supports temporal ops ('none', 'tsm'), got {self.temporal!r}")
+    s, cin = self.strides, x.shape[-1]
+    h = temporal_shift(x, self.num_segments, self.shift_div) if self.temporal == "tsm" else x
+    h = self.conv(self.planes, (3, 3), strides=s, padding=((1, 1), (1, 1)),
+                  bias_init=torch_bias_init(cin * 9), name="conv1")(h)
+    h = nn.relu(self.norm(name="bn1")(h))
+    h = self.conv(self.planes, (3, 3), padding=((1, 1), (1, 1)),
+                  bias_init=torch_bias_init(self.planes * 9), name="conv2")(h)
+    h = self.norm(name="bn2")(h)
+    if s != 1 or cin != self.planes:
+      x = _downsample(x, self.planes, s, self.conv, self.norm)
+    return nn.relu(h + x)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (stride, v1.5) -> 1x1 bottleneck for ResNet-50/101, with TSM or TDN temporal ops."""
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  temporal: str = "none"
+  num_segments: int = 1
+  shift_div: int = 8
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x):
+    if self.temporal not in TEMPORAL_OPS:
+      raise ValueError(f"Bottleneck temporal op {self.temporal!r} is not one of {TEMPORAL_OPS}")
+    s, cin, out_ch = self.strides, x.shape[-1], self.planes * 4
+    h = temporal_shift(x, self.num_segments, self.shift_div) if self.temporal == "tsm" else x
+    h = self.conv(self.planes, (1, 1), padding="VALID", bias_init=torch_bias_init(cin),
+                  name="conv1")(h)
+    h = nn.relu(self.norm(name="bn1")(h))
+    if self.temporal == "tdn":
+      h = tdn.MSE(self.num_segments, self.conv, self.norm, name="mse")(h)
+      h = tdn.ShiftModule(self.num_segments, self.shift_div, name="shift")(h)
+    h = self.conv(self.planes, (3, 3), strides=s, padding=((1, 1), (1, 1)),
+                  bias_init=torch_bias_init(self.planes * 9), name="conv2")(h)
+    h = nn.relu(self.norm(name="bn2")(h))
+    h = self.conv(out_ch, (1, 1), padding="VALID", bias_init=torch_bias_init(self.planes),
+                  name="conv3")(h)
+    h = self.norm(name="bn3")(h)
+    if s != 1 or cin != out_ch:
+      x = _downsample(x, out_ch, s, self.conv, self.norm)
+    return nn.relu(h + x)
+
+
+def block_class(depth: int):
+  """BasicBlock for depth 18/34, Bottleneck for 50/101."""
+  return BasicBlock if expansion(depth) == 1 else Bottleneck
+
+
+def stem(x, width, conv, norm):
+  """conv1 7x7 s2 p3 -> bn1 -> ReLU -> max-pool 3x3 s2 p1 (-inf padding), in the caller's scope."""
+  x = conv(width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+           bias_init=torch_bias_init(x.shape[-1] * 49), name="conv1")(x)
+  x = nn.relu(norm(name="bn1")(x))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def stage(x, index, config, conv, norm, temporal="none", prefix="layer"):
+  """Stage `index` (0 = res2 = torch layer1) as blocks `{prefix}{index + 1}_{b}` in the caller's scope.
+
+  TSM shifts every block, or every other block when res4 has >= 23 blocks (ResNet-101, `n_round`).
+  """
+  depth = config.model.depth
+  sizes = STAGE_SIZES[depth]
+  n_round = 2 if sizes[2] >= 23 else 1
+  for b in range(sizes[index]):
+    op = "none" if temporal == "tsm" and b % n_round else temporal
+    x = block_class(depth)(
+        planes=config.model.width * 2**index, strides=2 if index and not b else 1, conv=conv,
+        norm=norm, temporal=op, num_segments=config.dataset.num_segments,
+        shift_div=config.model.shift_div, name=f"{prefix}{index + 1}_{b}")(x)
+  return x

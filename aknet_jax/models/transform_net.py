@@ -1,0 +1,61 @@
+"""PointNet-style transform net T: predicts a (C+3)x(C+3) channel mix of the points (design §1.6).
+
+Modes: 'full' (the paper: a dense layer predicts all of A), 'lowrank' (A = I + U V^T, rank r),
+'none' (the ablation without T: the point features pass through unchanged).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MODES = ("full", "lowrank", "none")
+
+
+def _identity_bias(size: int):
+  """Bias init that makes the predicted matrix the identity while the kernel is zero."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.eye(size, dtype=dtype).reshape(shape)
+  return init
+
+
+class TransformNet(nn.Module):
+  """(S (B, N, C), D' (B, N, 3)) -> P~ (B, N, C): the first C channels of concat(S, D') @ A."""
+  mode: str = "full"
+  rank: int = 64
+  bn_momentum: float = 0.9
+  bn_axis_name: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, s, d, *, train: bool):
+    if self.mode not in MODES:
+      raise ValueError(f"config.model.aknet.transform_mode: {self.mode!r} is not one of {MODES}")
+    if self.mode == "none":
+      return s
+    c = s.shape[-1]
+    c3 = c + 3
+    conv = functools.partial(nn.Conv, kernel_size=(1,), dtype=self.dtype)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype,
+                             use_fast_variance=False)
+    p = jnp.concatenate([s.astype(self.dtype), d.astype(self.dtype)], axis=-1)
+    z = p
+    for i, features in enumerate((64, 128, 1024), start=1):
+      z = nn.relu(norm(name=f"bn{i}")(conv(features, name=f"conv{i}")(z)))
+    z = jnp.max(z, axis=1)
+    z = nn.relu(norm(name="bn4")(dense(512, name="fc1")(z)))
+    z = nn.relu(norm(name="bn5")(dense(256, name="fc2")(z)))
+    if self.mode == "full":
+      a = dense(c3 * c3, kernel_init=nn.initializers.zeros, bias_init=_identity_bias(c3),
+                name="fc3")(z).reshape(-1, c3, c3)
+      return jnp.einsum("bnk,bkc->bnc", p, a[:, :, :c])
+    u = dense(c3 * self.rank, name="fc_u")(z).reshape(-1, c3, self.rank)
+    v = dense(c3 * self.rank, kernel_init=nn.initializers.zeros,
+              name="fc_v")(z).reshape(-1, c3, self.rank)
+    return p[..., :c] + jnp.einsum("bnr,bcr->bnc", jnp.einsum("bnk,bkr->bnr", p, u), v[:, :c])
