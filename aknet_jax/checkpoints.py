@@ -3,21 +3,82 @@
 A checkpoint step holds three items, so that each reader takes only what it needs:
   `variables` {'params', 'batch_stats'}  — eval, stage-2 initialisation, converted PyTorch weights;
   `train`     {'opt_state', 'step'}      — resuming a run;
-  `meta`      JSON: architecture, data position, step — checked before anything is restored.
+  `meta`      JSON: architecture, data position, step, CRC32 of each array item — checked before
+              anything is restored.
 Layout: STAGE_DIR/checkpoints/<step>/... and STAGE_DIR/best/<step>/...
+
+Faults (docs/reliability.md): Orbax writes a step into `<step>.orbax-checkpoint-tmp*` and renames
+it when complete, so a save cut short leaves only that directory, which is reported and removed.
+A complete-looking step that cannot be read back or fails its checksums is reported, renamed to
+`<step>.corrupt` (never deleted) and the previous step is used. A failed save raises `SaveError`
+before Orbax's retention deletes anything, and a non-finite state is never written.
 """
 
 from __future__ import annotations
 
+import glob
 import os
-from typing import Any
+import zlib
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 ITEMS = ("variables", "train", "meta")
+COMMIT_FILE = "commit_success.txt"  # Orbax writes it into a step just before the final rename.
+TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written.
+CORRUPT_SUFFIX = ".corrupt"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint step that exists but cannot be read back intact."""
+
+
+class SaveError(OSError):
+  """Writing a checkpoint failed; the steps saved before are untouched."""
+
+
+def tree_checksum(tree) -> int:
+  """CRC32 over the leaves (shape, dtype, bytes) in tree order: detects silently damaged data.
+
+  Integers count as int64: a step saved as an int32 array may come back as a Python int.
+  """
+  crc = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    a = np.asarray(leaf)
+    a = np.ascontiguousarray(a.astype(np.int64) if a.dtype.kind in "iub" else a)
+    crc = zlib.crc32(f"{a.shape}{a.dtype.str}".encode(), crc)
+    crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
+  return crc
+
+
+def _verify(tree, meta: dict, item: str, where: str):
+  want = meta.get("checksums", {}).get(item)
+  if want is not None and tree_checksum(tree) != want:
+    raise CorruptCheckpointError(f"checkpoint {where}: the {item} item fails its checksum "
+                                 "(data damaged on disk)")
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _non_finite(tree) -> str | None:
+  """Path of the first floating leaf holding NaN or Inf, else None."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+      return jax.tree_util.keystr(path)
+  return None
+
+
+def partial_steps(directory: str) -> list[str]:
+  """Step directories a save left unfinished (killed or failed mid-write)."""
+  return sorted(glob.glob(os.path.join(glob.escape(directory), f"*{TMP_MARK}*")))
 
 
 def architecture(config: ml_collections.ConfigDict, stage: str) -> dict:
@@ -49,7 +110,8 @@ def _manager(directory: str, *, keep: int, best: bool, read_only: bool = False):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
       best_fn=(lambda m: m["top1"]) if best else None, best_mode="max",
-      keep_checkpoints_without_metrics=not best, enable_async_checkpointing=False)
+      keep_checkpoints_without_metrics=not best, enable_async_checkpointing=False,
+      cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
 
 
@@ -58,54 +120,174 @@ class StageCheckpoints:
 
   def __init__(self, stage_dir: str, keep: int = 3):
     self.stage_dir = stage_dir
-    self.periodic = _manager(os.path.join(stage_dir, "checkpoints"), keep=keep, best=False)
+    self.directory = os.path.join(stage_dir, "checkpoints")
+    for d in (self.directory, os.path.join(stage_dir, "best")):
+      for path in partial_steps(d):
+        logging.warning("checkpoint %s is half-written (its save was interrupted): ignored and "
+                        "removed; the complete steps are used", path)
+    self.periodic = _manager(self.directory, keep=keep, best=False)
     self.best = _manager(os.path.join(stage_dir, "best"), keep=1, best=True)
 
   def save(self, step: int, state, meta: dict, *, top1: float | None = None):
-    """Saves the (unreplicated) state; with `top1`, also offers it to the best manager."""
+    """Saves the (unreplicated) state; with `top1`, also offers it to the best manager.
+
+    Refuses a state holding NaN/Inf (FloatingPointError); a failed write raises SaveError and
+    leaves every step saved before in place (Orbax deletes old steps only after a good save).
+    """
+    bad = _non_finite({"params": state.params, "batch_stats": state.batch_stats,
+                       "opt_state": state.opt_state})
+    if bad is not None:
+      raise FloatingPointError(
+          f"not saving step {step}: {bad} is not finite; the latest good checkpoint is step "
+          f"{self.latest_step()} in {self.directory}")
     items = _args(state, meta)
-    if step not in self.periodic.all_steps():
-      self.periodic.save(step, args=items, force=True)
-    if top1 is not None and step not in self.best.all_steps():
-      self.best.save(step, args=items, metrics={"top1": float(top1)}, force=True)
-    self.periodic.wait_until_finished()
-    self.best.wait_until_finished()
+    for mngr, kwargs in ((self.periodic, {}),
+                         (self.best, {"metrics": {"top1": float(top1 or 0.0)}})):
+      if (mngr is self.best and top1 is None) or step in mngr.all_steps():
+        continue
+      try:
+        mngr.save(step, args=items, force=True, **kwargs)
+        mngr.wait_until_finished()
+      except Exception as e:  # Orbax and TensorStore raise many types for a failed write.
+        raise SaveError(f"saving checkpoint {mngr.directory}/{step} failed ({_first_line(e)}); "
+                        f"the steps saved before, {list(self.periodic.all_steps())} in "
+                        f"{self.directory}, are kept") from e
 
   def latest_step(self) -> int | None:
     return self.periodic.latest_step()
 
+  def _read_meta(self, step: int) -> dict:
+    where = f"{self.directory}/{step}"
+    if not os.path.exists(os.path.join(self.directory, str(step), COMMIT_FILE)):
+      raise CorruptCheckpointError(f"checkpoint {where} is incomplete (no {COMMIT_FILE})")
+    try:
+      out = self.periodic.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      meta = dict(out.meta)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"checkpoint {where}: meta unreadable ({_first_line(e)})") from e
+    return meta
+
+  def check_meta(self, step: int, check: Callable[[dict, str], None]):
+    """Runs `check(meta, where)` on a step's meta, cheaply, before any model is built; a step
+    whose meta is unreadable is left to `restore_latest`."""
+    try:
+      meta = self._read_meta(step)
+    except CorruptCheckpointError:
+      return
+    check(meta, f"{self.directory}/{step}")
+
+  def _check_shapes(self, step: int, templates: dict):
+    """ValueError if the stored arrays do not fit the templates (another model, not damage)."""
+    where = f"{self.directory}/{step}"
+    for item, template in templates.items():
+      path = os.path.join(self.directory, str(step), item)
+      if not os.path.isdir(path):
+        raise CorruptCheckpointError(f"checkpoint {where}: the {item} item is missing")
+      try:
+        with ocp.StandardCheckpointer() as reader:
+          stored = reader.metadata(path).item_metadata
+        have = sorted(tuple(x.shape) for x in jax.tree_util.tree_leaves(stored))
+      except Exception as e:  # pylint: disable=broad-except
+        raise CorruptCheckpointError(
+            f"checkpoint {where}: {item} metadata unreadable ({_first_line(e)})") from e
+      if stored is None or not have:
+        raise CorruptCheckpointError(f"checkpoint {where}: {item} metadata unreadable")
+      want = sorted(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(template))
+      if have != want:
+        raise ValueError(f"checkpoint {where} holds {item} of other shapes than the config's model "
+                         f"({len(have)} arrays vs {len(want)}): it was written for another "
+                         "configuration; pass the config it was trained with")
+
   def restore(self, step: int, state_template):
-    """Restores (state, meta) at `step` into the structure of `state_template`."""
+    """Restores (state, meta) at `step` into the structure of `state_template`.
+
+    Raises CorruptCheckpointError when the step cannot be read back intact.
+    """
+    meta = self._read_meta(step)
+    return self._restore_arrays(step, state_template, meta), meta
+
+  def _restore_arrays(self, step: int, state_template, meta: dict):
+    where = f"{self.directory}/{step}"
     variables_t = {"params": state_template.params, "batch_stats": state_template.batch_stats}
     train_t = {"opt_state": state_template.opt_state, "step": state_template.step}
-    out = self.periodic.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore(variables_t), train=ocp.args.StandardRestore(train_t),
-        meta=ocp.args.JsonRestore()))
-    state = state_template.replace(params=out.variables["params"],
-                                   batch_stats=out.variables["batch_stats"],
-                                   opt_state=out.train["opt_state"], step=out.train["step"])
-    return state, dict(out.meta)
+    self._check_shapes(step, {"variables": variables_t, "train": train_t})
+    try:
+      out = self.periodic.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore(variables_t), train=ocp.args.StandardRestore(train_t)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"checkpoint {where} unreadable ({_first_line(e)})") from e
+    _verify(out.variables, meta, "variables", where)
+    _verify(out.train, meta, "train", where)
+    return state_template.replace(params=out.variables["params"],
+                                  batch_stats=out.variables["batch_stats"],
+                                  opt_state=out.train["opt_state"], step=out.train["step"])
+
+  def restore_latest(self, state_template,
+                     check: Callable[[dict, str], None] | None = None) -> tuple[Any, dict, int]:
+    """(state, meta, step) of the newest step that reads back intact.
+
+    Damaged or incomplete steps are reported and renamed `<step>.corrupt` once an older step
+    restores. `check(meta, where)` runs first on each step: its ValueError (a checkpoint of
+    another configuration) is raised as is, never taken for damage.
+    """
+    bad = []
+    # Training never writes step 0: there it is a converted checkpoint, a start, not a resume.
+    for step in sorted((s for s in self.periodic.all_steps() if s > 0), reverse=True):
+      try:
+        meta = self._read_meta(step)
+        if check is not None:
+          check(meta, f"{self.directory}/{step}")
+        state = self._restore_arrays(step, state_template, meta)
+      except CorruptCheckpointError as e:
+        logging.warning("%s; trying the previous step", e)
+        bad.append((step, str(e)))
+        continue
+      for b, reason in bad:
+        moved = _move_aside(os.path.join(self.directory, str(b)))
+        logging.warning("skipped damaged checkpoint step %d (%s): moved to %s; resuming from step "
+                        "%d", b, reason, moved, step)
+      if bad:
+        self.periodic.reload()
+      return state, meta, step
+    raise CorruptCheckpointError(
+        f"no readable checkpoint in {self.directory}: "
+        + "; ".join(reason for _, reason in bad)
+        + ". Move the directory aside to restart the stage from its beginning")
 
   def close(self):
     self.periodic.close()
     self.best.close()
 
 
+def _move_aside(path: str) -> str:
+  """Renames a damaged step so that no manager lists it again; its files are kept."""
+  target, n = path + CORRUPT_SUFFIX, 1
+  while os.path.exists(target):
+    target, n = f"{path}{CORRUPT_SUFFIX}{n}", n + 1
+  if jax.process_index() == 0:
+    os.rename(path, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"aknet_move_aside_{os.path.basename(path)}")
+  return target
+
+
 def _args(state, meta):
   to_host = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-  return ocp.args.Composite(
-      variables=ocp.args.StandardSave(to_host({"params": state.params,
-                                               "batch_stats": state.batch_stats})),
-      train=ocp.args.StandardSave(to_host({"opt_state": state.opt_state, "step": state.step})),
-      meta=ocp.args.JsonSave(meta))
+  variables = to_host({"params": state.params, "batch_stats": state.batch_stats})
+  train = to_host({"opt_state": state.opt_state, "step": state.step})
+  meta = dict(meta, checksums={"variables": tree_checksum(variables), "train": tree_checksum(train)})
+  return ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                            train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta))
 
 
 def write_variables(directory: str, step: int, variables: dict, meta: dict):
   """Writes a checkpoint holding only variables + meta (used by the PyTorch converter)."""
   mngr = _manager(directory, keep=1_000_000, best=False)
-  mngr.save(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, variables)),
-      meta=ocp.args.JsonSave(meta)), force=True)
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  meta = dict(meta, checksums={"variables": tree_checksum(variables)})
+  mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
   mngr.wait_until_finished()
   mngr.close()
 
@@ -128,15 +310,51 @@ def find_checkpoint(path: str) -> tuple[str, int]:
 
 
 def read_variables(directory: str, step: int) -> tuple[dict, dict]:
-  """Reads (variables, meta) of a checkpoint step as host arrays, without a template."""
+  """Reads (variables, meta) of a checkpoint step as host arrays, without a template.
+
+  Raises CorruptCheckpointError (a ValueError) when the step cannot be read back intact.
+  """
+  where = f"{directory}/{step}"
+  if not os.path.isdir(os.path.join(directory, str(step))):
+    raise ValueError(f"no checkpoint {where}")
+  if not os.path.exists(os.path.join(directory, str(step), COMMIT_FILE)):
+    raise CorruptCheckpointError(f"cannot read checkpoint {where}: incomplete (no {COMMIT_FILE})")
   mngr = _manager(directory, keep=1_000_000, best=False, read_only=True)
   try:
     out = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
                                                      meta=ocp.args.JsonRestore()))
   except Exception as e:  # Orbax raises many types for unreadable or partial directories.
-    raise ValueError(f"cannot read checkpoint {directory}/{step}: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    raise CorruptCheckpointError(f"cannot read checkpoint {where}: {_first_line(e)}") from None
   finally:
     mngr.close()
   variables: Any = jax.tree_util.tree_map(np.asarray, out.variables)
-  return variables, dict(out.meta)
+  meta = dict(out.meta)
+  _verify(variables, meta, "variables", where)
+  return variables, meta
+
+
+def load_variables(path: str) -> tuple[dict, dict, str, int]:
+  """(variables, meta, manager dir, step) of `path` (resolved as `find_checkpoint` does).
+
+  Given a directory of steps rather than one step, a damaged newest step is reported and the
+  next older one is read (nothing is moved: readers may run beside a training job).
+  """
+  directory, step = find_checkpoint(path)
+  explicit = os.path.basename(os.path.abspath(path).rstrip("/")).isdigit()
+  steps = [step] if explicit else sorted(
+      (int(s) for s in os.listdir(directory) if s.isdigit() and int(s) <= step), reverse=True)
+  errors = []
+  for s in steps:
+    try:
+      variables, meta = read_variables(directory, s)
+    except CorruptCheckpointError as e:
+      errors.append(str(e))
+      if not explicit:
+        logging.warning("%s; trying the previous step", e)
+      continue
+    if errors:
+      logging.warning("using checkpoint %s/%d instead of the damaged newer step(s)", directory, s)
+    return variables, meta, directory, s
+  if explicit:
+    raise CorruptCheckpointError(errors[0])
+  raise CorruptCheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(errors))

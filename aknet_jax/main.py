@@ -1,18 +1,25 @@
 """Entry point: `python -m aknet_jax.main --config=configs/synthetic.py --workdir=DIR [--mode=...]`.
 
-Parses flags, starts the distributed runtime when launched multi-process, and dispatches.
+Parses flags, starts the distributed runtime when launched multi-process, and dispatches. Bad
+input and faults end in one `error: ...` line and exit status 2; a preemption notice (SIGTERM,
+Ctrl-C) in a checkpoint and 128 + the signal number (docs/reliability.md).
 """
 
 from __future__ import annotations
 
-import sys
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from aknet_jax import cli
+from aknet_jax import config as config_lib
+
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results.json.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: the configured stage(s), resuming from the workdir; eval: a checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                  "train: the configured stage(s), resuming from the workdir; eval: a checkpoint; "
+                  "predict: classify --video with the workdir's checkpoint.")
+flags.DEFINE_string("video", None, "--mode=predict: the video file to classify.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -23,23 +30,32 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required (where checkpoints and results.json go)")
+    cli.fail("--workdir is required (where checkpoints and results.json go)")
+  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    cli.fail(f"--workdir={FLAGS.workdir} is a file, not a directory")
+  with cli.reported_errors():
+    config_lib.validate(FLAGS.config)  # Before the slow imports: a bad field fails at once.
+  data_dir = os.path.expanduser(FLAGS.config.dataset.data_dir)
+  if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    cli.fail(f"config.dataset.data_dir: {data_dir} is a file, not a directory")
+  if FLAGS.verbosity < 1:  # TF's C++ log repeats data errors with tracebacks; one line says it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # Imported here so that --help and flag errors stay fast.
-  from aknet_jax import distributed, train  # pylint: disable=g-import-not-at-top
-  try:
+  from aknet_jax import distributed, logs, train  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
+  with cli.reported_errors():
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.info("JAX process %d/%d, local devices: %s", *distributed.describe())
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "predict":
+      from aknet_jax import predict  # pylint: disable=g-import-not-at-top
+      predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.video)
     else:
       train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

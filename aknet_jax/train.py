@@ -17,7 +17,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from aknet_jax import checkpoints, config as config_lib, evaluate as eval_lib, models, optim
+from aknet_jax import checkpoints, config as config_lib, distributed, evaluate as eval_lib
+from aknet_jax import models, optim, preemption
 from aknet_jax import train_step as steps, visualize
 from aknet_jax.data import pipeline
 
@@ -36,6 +37,17 @@ def stage_dir(workdir: str, stage: str) -> str:
   return os.path.join(workdir, f"stage{stage}")
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """{'a': {'b': 1}} -> {'a.b': '1'}: the config as TensorBoard hparams."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = str(v)
+  return out
+
+
 def _is_main() -> bool:
   return jax.process_index() == 0
 
@@ -50,8 +62,7 @@ def _merge_into(base, overlay):
 
 
 def _load_checkpoint_variables(path: str, config, stage: str):
-  directory, step = checkpoints.find_checkpoint(path)
-  variables, meta = checkpoints.read_variables(directory, step)
+  variables, meta, directory, step = checkpoints.load_variables(path)
   checkpoints.check_architecture(meta, config, stage, f"{directory}/{step}")
   return variables, meta
 
@@ -63,12 +74,11 @@ def initial_variables(config, workdir: str, stage: str, rng):
   Stage 2: compaction of the stage-1 variables from `config.init_from` (a stage-1 or converted
   TSM/TDN checkpoint) or, by default, the last stage-1 checkpoint in the workdir.
   """
-  fresh = flax.core.unfreeze(models.init_variables(config, rng))
   if stage == "1":
+    fresh = flax.core.unfreeze(models.init_variables(config, rng))
     if not config.init_from:
       return fresh
-    directory, step = checkpoints.find_checkpoint(config.init_from)
-    loaded, meta = checkpoints.read_variables(directory, step)
+    loaded, meta, directory, step = checkpoints.load_variables(config.init_from)
     if meta.get("architecture", {}).get("stage") == "1":
       checkpoints.check_architecture(meta, config, "1", config.init_from)
     logging.info("Stage 1 starts from %s/%s", directory, step)
@@ -120,12 +130,12 @@ def run_evaluation(config, workdir: str, stage: str, model, variables_repl, step
                {k: round(v, 4) for k, v in res.metrics.items()}, time.time() - t0)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in res.metrics.items()})
   if res.images and _is_main():
-    grids = [visualize.keypoint_overlay(f, xyt, models.feature_stride(config),
-                                        config.dataset.frames_per_segment)
-             for f, xyt, _, _ in res.images]
+    grids = visualize.save_keypoint_clips(
+        os.path.join(stage_dir(workdir, stage), "keypoints"),
+        [(f, xyt) for f, xyt, _, _ in res.images], models.feature_stride(config),
+        config.dataset.frames_per_segment,
+        [f"label {lab}, predicted {pred}" for _, _, lab, pred in res.images])
     writer.write_images(step, {"eval/keypoints": np.stack(grids)})
-    visualize.save_png_grid(os.path.join(stage_dir(workdir, stage), "keypoints"), grids,
-                            [f"label {lab}, predicted {pred}" for _, _, lab, pred in res.images])
   record_results(workdir, stage, config, res.metrics, res.per_class, step)
   return res
 
@@ -140,6 +150,12 @@ def train_stage(config, workdir: str, stage: str) -> dict:
   rng = jax.random.PRNGKey(cfg.train.seed + int(stage))
   ckpts = checkpoints.StageCheckpoints(sdir, keep=cfg.train.keep_checkpoints)
   latest = ckpts.latest_step()
+  if stage == "1" and latest == 0:
+    # Training never saves step 0: it is a converted PyTorch checkpoint, where stage 1 starts.
+    cfg.init_from, latest = os.path.join(sdir, "checkpoints", "0"), None
+  check = lambda meta, where: checkpoints.check_architecture(meta, cfg, stage, where)  # noqa: E731
+  if latest is not None:
+    ckpts.check_meta(latest, check)  # Fails at once for another config, before any model init.
   # Stage 2 builds from stage 1 only when it has no checkpoint of its own to resume.
   variables = (initial_variables(cfg, workdir, stage, rng) if latest is None
                else flax.core.unfreeze(models.init_variables(cfg, rng)))
@@ -148,41 +164,53 @@ def train_stage(config, workdir: str, stage: str) -> dict:
   state = steps.create_state(model, variables, tx)
   arch = checkpoints.architecture(cfg, stage)
   if latest is not None:
-    state, meta = ckpts.restore(latest, state)
-    checkpoints.check_architecture(meta, cfg, stage, f"{sdir}/checkpoints/{latest}")
+    # The newest step that reads back intact; damaged ones are reported and moved aside.
+    state, _, latest = ckpts.restore_latest(state, check)
     logging.info("Resuming stage %s from step %d", stage, latest)
   start = int(state.step)
 
   writer = metric_writers.create_default_writer(sdir, just_logging=not _is_main())
   if start == 0:
-    writer.write_hparams({k: str(v) for k, v in cfg.to_dict().items() if not isinstance(v, dict)})
+    writer.write_hparams(_flatten(cfg.to_dict()))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
   logging.info("Stage %s: %s, %d params, %d steps (%.1f epochs of %d clips), batch %d on %d devices",
                stage, "AK-Net" if stage == "2" else cfg.model.backbone.upper(), n_params, num_steps,
                num_steps / optim.steps_per_epoch(cfg, n_train), n_train, cfg.train.batch_size,
                jax.device_count())
 
-  state = flax.jax_utils.replicate(state)
+  state = _replicate(state)
   p_train = steps.pmapped_train_step(cfg, schedule)
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   train_iter = pipeline.create_train_iterator(cfg, start_batch=start)
   pending, t_log = [], time.time()
 
+  def check_finite():
+    """Names the first step since the last check whose loss or gradient norm is NaN/Inf."""
+    for s, m in pending:
+      loss, grad_norm = float(m["loss"][0]), float(m["grad_norm"][0])
+      if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+        raise FloatingPointError(
+            f"stage {stage}: training loss is {loss} (gradient norm {grad_norm}) at step {s}; "
+            f"the latest good checkpoint, step {ckpts.latest_step()} in {ckpts.directory}, is kept")
+
   def save(step, top1=None):
-    ckpts.save(step, flax.jax_utils.unreplicate(state),
-               {"architecture": arch, "step": step, "data_batches": step}, top1=top1)
+    check_finite()  # A NaN state is never written: the latest checkpoint stays a good one.
+    host_state = flax.jax_utils.unreplicate(state)
+    # Orbax writes host arrays from process 0 only: every process must hold the same values.
+    distributed.check_processes_agree(steps.variables_of(host_state),
+                                      f"stage {stage} step {step} variables")
+    ckpts.save(step, host_state, {"architecture": arch, "step": step, "data_batches": step},
+               top1=top1)
 
   for step in range(start + 1, num_steps + 1):
     batch = next(train_iter)
     state, metrics = p_train(state, batch)
-    pending.append(metrics)
+    pending.append((step, metrics))
     report(step)
     if step % cfg.train.log_every_steps == 0 or step == num_steps:
-      summary = {f"train/{k}": float(np.mean([jax.device_get(m[k][0]) for m in pending]))
-                 for k in pending[0]}
-      if not np.isfinite(summary["train/loss"]):
-        raise FloatingPointError(f"stage {stage}: training loss is {summary['train/loss']} at step "
-                                 f"{step}; the last good checkpoint is kept in {sdir}/checkpoints")
+      check_finite()
+      summary = {f"train/{k}": float(np.mean([jax.device_get(m[k][0]) for _, m in pending]))
+                 for k in pending[0][1]}
       writer.write_scalars(step, summary)
       rate = len(pending) / max(time.time() - t_log, 1e-9)
       eta = (num_steps - step) / max(rate, 1e-9)
@@ -195,12 +223,17 @@ def train_stage(config, workdir: str, stage: str) -> dict:
     if cfg.train.eval_every_steps and step % cfg.train.eval_every_steps == 0 and step != num_steps:
       res = run_evaluation(cfg, workdir, stage, model, steps.variables_of(state), step, writer)
       save(step, top1=res.metrics["top1"])
+    if preemption.reached(step):  # SIGTERM / Ctrl-C: checkpoint this step and stop.
+      save(step)
+      writer.flush()
+      raise preemption.Preempted(stage, step, ckpts.directory, preemption.signal_received())
 
+  save(num_steps)  # Before evaluating: a kill during the evaluation loses no training.
   final = _existing_result(workdir, stage, num_steps)
   if final is None:
     res = run_evaluation(cfg, workdir, stage, model, steps.variables_of(state), num_steps, writer)
     final = res.metrics
-    save(num_steps, top1=final["top1"])
+  save(num_steps, top1=final["top1"])
   writer.flush()
   ckpts.close()
   return final
@@ -221,7 +254,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_batch(config)
   os.makedirs(workdir, exist_ok=True)
   stages = ("1", "2") if config.stage == "both" else (str(config.stage),)
-  return {f"stage{s}": train_stage(config, workdir, s) for s in stages}
+  with preemption.notice():
+    return {f"stage{s}": train_stage(config, workdir, s) for s in stages}
+
+
+def _replicate(tree):
+  """Replicates over the local devices with the same sharding the train step returns, so that its
+  first call does not compile a second executable."""
+  return jax.pmap(lambda x: x, axis_name=steps.AXIS)(flax.jax_utils.replicate(tree))
 
 
 def _check_batch(config):
@@ -232,10 +272,9 @@ def _check_batch(config):
       raise ValueError(f"config.{field}={b} does not divide by the {n} devices: use a multiple of {n}")
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: evaluates a checkpoint (config.eval.checkpoint, else the workdir's latest stage)."""
-  config_lib.validate(config)
-  _check_batch(config)
+def load_checkpoint(config: ml_collections.ConfigDict, workdir: str):
+  """(stage config, stage, variables, meta, step) of config.eval.checkpoint, else of the
+  workdir's latest stage (2, then 1), checked against the config's architecture."""
   path = config.eval.checkpoint
   if not path:
     for stage in ("2", "1"):
@@ -246,14 +285,21 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
       raise ValueError(f"no checkpoint in {workdir}: expected {workdir}/stage1/checkpoints or "
                        f"{workdir}/stage2/checkpoints (train first, or convert one with "
                        "python -m aknet_jax.convert)")
-  directory, step = checkpoints.find_checkpoint(path)
-  variables, meta = checkpoints.read_variables(directory, step)
+  variables, meta, directory, step = checkpoints.load_variables(path)
   stage = str(meta.get("architecture", {}).get("stage", "1" if config.stage == "1" else "2"))
   cfg = stage_config(config, stage)
   checkpoints.check_architecture(meta, cfg, stage, f"{directory}/{step}")
-  model = models.build(cfg)
   expected = jax.eval_shape(lambda: models.init_variables(cfg, jax.random.PRNGKey(0)))
   _check_tree(variables, flax.core.unfreeze(expected), f"{directory}/{step}")
+  return cfg, stage, variables, meta, step
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: evaluates a checkpoint (config.eval.checkpoint, else the workdir's latest stage)."""
+  config_lib.validate(config)
+  _check_batch(config)
+  cfg, stage, variables, meta, step = load_checkpoint(config, workdir)
+  model = models.build(cfg)
   writer = metric_writers.create_default_writer(os.path.join(stage_dir(workdir, stage), "eval"),
                                                 just_logging=not _is_main())
   repl = flax.jax_utils.replicate(variables)

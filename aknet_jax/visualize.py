@@ -1,4 +1,8 @@
-"""Keypoint overlays: the selected points of a clip drawn on its frames (PNG grid, GIF)."""
+"""Keypoint overlays: the selected points of a clip drawn on its frames (PNG grid, GIF).
+
+A point at feature cell (x, y, t) is drawn on segment t's (centre) frame at the centre of the
+stride x stride pixel block the cell covers, the block `evaluate.keypoint_coverage` scores.
+"""
 
 from __future__ import annotations
 
@@ -70,3 +74,19 @@ def save_gif(path: str, marked_frames: np.ndarray, fps: float = 4.0):
   images = [Image.fromarray(f) for f in marked_frames]
   images[0].save(path, save_all=True, append_images=images[1:], loop=0,
                  duration=int(1000 / fps))
+
+
+def save_keypoint_clips(directory: str, clips: list[tuple[np.ndarray, np.ndarray]], stride: int,
+                        frames_per_segment: int = 1,
+                        captions: list[str] | None = None) -> list[np.ndarray]:
+  """Writes each clip's keypoints as clip_NNN.png (frames side by side) and clip_NNN.gif, plus
+  grid.png of all clips; returns the strips (for TensorBoard).
+
+  clips: (frames (T*L, S, S, 3) normalised, xyt (N, 3) feature-cell coordinates) per clip.
+  """
+  marked = [keypoint_frames(f, xyt, stride, frames_per_segment) for f, xyt in clips]
+  strips = [np.concatenate(list(m), axis=1) for m in marked]
+  save_png_grid(directory, strips, captions)
+  for i, m in enumerate(marked):
+    save_gif(os.path.join(directory, f"clip_{i:03d}.gif"), m)
+  return strips

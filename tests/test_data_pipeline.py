@@ -56,15 +56,18 @@ def test_resume_yields_exactly_the_uninterrupted_stream(cfg):
   assert not np.array_equal(other["index"], full[0]["index"])
 
 
-def test_train_hosts_read_disjoint_shards(cfg):
+def test_train_hosts_read_slices_of_the_same_global_batches(cfg):
   cfg.train.batch_size = 8
-  seen = []
-  for p in range(2):
-    batches = take(pipeline.create_train_iterator(cfg, process_index=p, process_count=2,
-                                                  num_local_devices=1), 4)
-    assert batches[0]["frames"].shape[:2] == (1, 4)
-    seen.append(np.concatenate([b["index"].ravel() for b in batches]))
-  assert sorted(seen[0]) == list(range(16)) and sorted(seen[1]) == list(range(16, 32))
+  one = take(pipeline.create_train_iterator(cfg, num_local_devices=1), 6)
+  two = [take(pipeline.create_train_iterator(cfg, process_index=p, process_count=2,
+                                             num_local_devices=1), 6) for p in range(2)]
+  assert two[0][0]["frames"].shape[:2] == (1, 4)
+  for k in range(6):  # Host p holds half p of each global batch, frames and all.
+    for key in one[k]:
+      joined = np.concatenate([two[0][k][key], two[1][k][key]], axis=1)
+      np.testing.assert_array_equal(joined, one[k][key])
+  epoch = np.concatenate([b["index"].ravel() for b in one[:4]])  # 32 clips = 4 batches of 8.
+  assert sorted(epoch) == list(range(32))
 
 
 def test_eval_covers_each_example_once_on_every_host(cfg):
@@ -114,10 +117,12 @@ def test_tdn_windows_and_centre_masks(cfg):
 
 
 def target_colour_agreement(frames, masks):
-  """Fraction of clearly target-coloured pixels (pinwheel magenta) that the mask covers."""
+  """Median over clips of the fraction of clearly target-coloured (pinwheel magenta) pixels that
+  the mask covers; per clip, since a random distractor is sometimes magenta too."""
   rgb = (frames * STD + MEAN) * 255
   magenta = (rgb[..., 0] > 200) & (rgb[..., 1] < 70) & (rgb[..., 2] > 150)
-  return (masks[magenta] > 0.3).mean()
+  per_clip = [(m[g] > 0.3).mean() for m, g in zip(masks, magenta) if g.sum() >= 10]
+  return float(np.median(per_clip))
 
 
 def test_masks_follow_crop_and_flip(cfg):

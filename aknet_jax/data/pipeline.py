@@ -1,9 +1,10 @@
 """The tf.data input pipeline: sampled-frame decoding, TSM augmentation, host sharding, batching.
 
 Examples are read by index from the prepared ArrayRecord files, so the order is ours to define:
-training is an infinite stream of epochs, each a seeded permutation of this host's shard, and every
-random choice of an example (frames, crop, flip) is seeded by (seed, epoch, example index). Batch k
-is therefore the same however the stream got there: resuming is skipping k * batch indices, which
+training is an infinite stream of epochs, each a seeded permutation of the split cut into whole
+global batches, of which every host reads its own slice; every random choice of an example (frames,
+crop, flip) is seeded by (seed, epoch, example index). Global batch k is therefore the same however
+the stream got there and on any number of hosts: resuming is skipping k batches of indices, which
 costs nothing. Only the sampled JPEG frames of a clip are decoded. All work runs on the host CPU.
 
 Batches: dicts of NumPy arrays with leading (num_local_devices, per_device_batch) axes:
@@ -238,20 +239,24 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_batch: int
       config.train.batch_size, "train.batch_size", process_index, process_count,
       num_local_devices)
   data = _open(config, config.dataset.train_split)
-  lo, hi = _shard(len(data.source), host, hosts)
-  size = hi - lo
-  if size == 0:
-    raise ValueError(f"split {config.dataset.train_split!r} has {len(data.source)} examples, "
-                     f"too few for {hosts} processes")
-  first_epoch, offset = divmod(start_batch * per_host, size)
+  total = len(data.source)
+  per_epoch = total // config.train.batch_size  # Whole global batches per epoch (drop_last).
+  if per_epoch == 0:
+    raise ValueError(f"config.train.batch_size: {config.train.batch_size} is larger than the "
+                     f"{total} examples of split {config.dataset.train_split!r}")
+  first_epoch, offset = divmod(start_batch, per_epoch)
 
   def epoch_indices(epoch):
+    # One global permutation per epoch; host h takes slice h of every global batch, so the
+    # stream of global batches is the same on any number of hosts.
     perm = tf.random.experimental.stateless_shuffle(
-        tf.range(lo, hi, dtype=tf.int64), _seed(config.train.seed, _ORDER, host, epoch))
-    return tf.data.Dataset.from_tensor_slices((perm, tf.fill([size], epoch)))
+        tf.range(total, dtype=tf.int64), _seed(config.train.seed, _ORDER, epoch))
+    mine = tf.reshape(perm[:per_epoch * hosts * per_host], [per_epoch, hosts, per_host])[:, host]
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.reshape(mine, [-1]), tf.fill([per_epoch * per_host], epoch)))
 
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_indices)
-  ds = ds.skip(offset)  # Only indices are skipped: resuming decodes nothing twice.
+  ds = ds.skip(offset * per_host)  # Only indices are skipped: resuming decodes nothing twice.
   ds = ds.map(lambda i, e: _train_example(data, config, i, e),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(per_host, drop_remainder=True)

@@ -1,0 +1,89 @@
+"""What every command line does with bad input: one `error: ...` line on stderr, a non-zero exit.
+
+`app.run(main, flags_parser=cli.parse_flags)` reports flag and config-file errors (a missing
+config file, an unknown or invalid config field) that way, and `with cli.reported_errors():`
+around the work reports user errors and faults (ValueError, OSError, FloatingPointError,
+TensorFlow's data errors) and preemption. `--verbosity=1` also logs the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from typing import NoReturn
+
+from absl import flags, logging
+
+from aknet_jax import preemption
+
+USER_ERROR = 2  # Exit status for bad input and for faults reported in one line.
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+def one_line(message: str) -> str:
+  """Collapses a message onto one line (tracebacks embedded in it keep only their last error)."""
+  lines = [l.strip() for l in str(message).strip().splitlines() if l.strip()]
+  if any(l.startswith("Traceback") for l in lines):
+    errors = [m.group(2) for m in map(_EXCEPTION_LINE.match, lines) if m]
+    if errors:
+      return errors[-1]
+  return " ".join(lines)
+
+
+def fail(message: str, code: int = USER_ERROR) -> NoReturn:
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _config_error(e: BaseException, argv: list[str]) -> str:
+  text = str(e)
+  if "Failed loading config file" in text:
+    cause = [l.strip() for l in text.splitlines() if l.strip().startswith("[Errno")]
+    detail = re.sub(r"^\[Errno \d+\]\s*", "", cause[-1]) if cause else one_line(text)
+    return f"--config: cannot load the config file: {detail}"
+  if isinstance(e, (AttributeError, KeyError)):  # An override of a field the config lacks.
+    key = text.strip("'\" ")
+    arg = next((a for a in argv[1:] if a.startswith("--") and "." in a.split("=")[0]
+                and key in a.split("=")[0].split(".")), None)
+    return (f"{arg or 'a --config.FIELD override'}: the config has no field {key!r} "
+            "(see aknet_jax/config.py:base_config for the fields)")
+  return one_line(text)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing (and config-file loading) with one-line errors."""
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  (config files raise anything)
+    fail(one_line(_config_error(e, argv)))
+  for name in list(flags.FLAGS):
+    try:  # A config file that failed to load raises OSError on any attribute access.
+      hasattr(flags.FLAGS[name].value, "keys")
+    except OSError as e:
+      fail(one_line(_config_error(e, argv)))
+  return rest
+
+
+def _is_data_error(e: BaseException) -> bool:
+  tf = sys.modules.get("tensorflow")
+  return bool(tf is not None and isinstance(e, tf.errors.OpError))
+
+
+@contextlib.contextmanager
+def reported_errors():
+  """Turns user errors, faults and preemption into one stderr line and an exit status."""
+  try:
+    yield
+  except preemption.Preempted as e:
+    print(f"stopped: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except (ValueError, OSError, FloatingPointError) as e:
+    logging.debug("traceback of the error below", exc_info=True)
+    fail(one_line(str(e)))
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_data_error(e):
+      raise
+    logging.debug("traceback of the error below", exc_info=True)
+    fail(f"reading the dataset failed ({type(e).__name__}: {one_line(e.message)}); check "
+         "config.dataset.data_dir, or rebuild the dataset with python -m aknet_jax.data.build")

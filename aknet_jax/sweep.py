@@ -1,0 +1,257 @@
+"""The accuracy-cost trade-off over AK-Net's split x alpha x transform mode (Fig. 5, Table VI).
+
+  python -m aknet_jax.sweep --config=configs/synthetic.py --workdir=DIR [--accuracy=config]
+
+Every point (split in res2/res3/res4, alpha in 0.1..1.0, each transform mode) gets its MACs (XLA
+cost analysis), parameters and latency (random weights; all points and the baseline timed in
+interleaved rounds, so machine load falls on all alike). With --accuracy, points also get a short
+stage-2 fine-tune from the workdir's stage-1 checkpoint (trained first if there is none), evaluated
+on the eval split: `config` = the config's transform mode only, `all` = every mode. Writes
+DIR/sweep/sweep.csv and the plot (--plot, default DIR/sweep/sweep.png). Fine-tunes live in
+DIR/sweep/runs/<point>/ and a rerun reuses the finished ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from aknet_jax import config as config_lib
+from aknet_jax import models, plots, profile
+from aknet_jax.models import keypoints
+
+ALPHAS = (0.1, 0.3, 0.5, 0.7, 1.0)
+COLUMNS = ("model", "name", "split", "alpha", "transform_mode", "num_points", "gmacs", "params",
+           "params_inference", "latency_ms", "latency_ms_min", "latency_ms_max", "latency_batch",
+           "top1", "top5", "keypoint_precision", "keypoint_chance", "finetune_steps",
+           "finetune_seconds")
+
+
+def point_name(split: str, alpha: float, mode: str) -> str:
+  return f"{split}_a{alpha:g}_{mode}"
+
+
+def point_config(config: ml_collections.ConfigDict, split: str, alpha: float,
+                 mode: str) -> ml_collections.ConfigDict:
+  """The stage-2 (AK-Net) config of one sweep point."""
+  cfg = profile.stage_config(config, "2")
+  cfg.model.aknet.split, cfg.model.aknet.alpha, cfg.model.aknet.transform_mode = split, alpha, mode
+  return config_lib.validate(cfg)
+
+
+def num_points(cfg: ml_collections.ConfigDict) -> int:
+  h, w = models.feature_grid(cfg)
+  return keypoints.num_points(cfg.model.aknet.alpha, cfg.dataset.num_segments, h, w)
+
+
+def measure_costs(configs: dict, batch: int, reps: int, warmup: int = 1) -> dict:
+  """name -> {gmacs, params, params_inference, latency_ms{median,min,max}} for each config.
+
+  All configs are compiled first, then timed in the same interleaved rounds.
+  """
+  calls, out = {}, {}
+  for i, (name, cfg) in enumerate(configs.items()):
+    shapes = models.variable_shapes(cfg)
+    variables = profile.random_variables(shapes, seed=i)
+    frames = profile.random_frames(cfg, batch)
+    compiled = profile.inference_fn(cfg).lower(variables, frames).compile()
+    calls[name] = lambda c=compiled, v=variables, x=frames: c(v, x)
+    out[name] = {"gmacs": models.gmacs(cfg, shapes=shapes),
+                 "params": models.param_count(cfg, shapes=shapes),
+                 "params_inference": models.param_count(cfg, inference=True, shapes=shapes)}
+    logging.info("compiled %s (%d/%d)", name, i + 1, len(configs))
+  times = profile.time_interleaved(calls, reps, warmup)
+  for name, seconds in times.items():
+    out[name]["latency_ms"] = profile.latency_stats(seconds)
+  return out
+
+
+def stage1_result(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Metrics of the workdir's stage-1 checkpoint: from results.json, evaluated, or trained first."""
+  from aknet_jax import train  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  ckpt_dir = os.path.join(train.stage_dir(workdir, "1"), "checkpoints")
+  cfg = profile.stage_config(config, "1")
+  has_ckpt = os.path.isdir(ckpt_dir) and any(s.isdigit() for s in os.listdir(ckpt_dir))
+  if not has_ckpt:
+    logging.info("No stage-1 checkpoint in %s: training stage 1 first", workdir)
+    return train.train_and_evaluate(cfg, workdir)["stage1"]
+  path = os.path.join(workdir, train.RESULTS)
+  if os.path.exists(path):
+    with open(path) as f:
+      entry = json.load(f).get("stage1")
+    if entry and "top1" in entry:
+      return entry
+  cfg.eval.checkpoint = ckpt_dir
+  return train.evaluate_checkpoint(cfg, workdir)
+
+
+def finetune(cfg: ml_collections.ConfigDict, workdir: str, run_dir: str, steps: int) -> dict:
+  """A short stage-2 fine-tune of one point from the workdir's stage-1 checkpoint; its metrics."""
+  from aknet_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = cfg.copy_and_resolve_references()
+  t = cfg.train
+  cfg.init_from = os.path.abspath(os.path.join(train.stage_dir(workdir, "1"), "checkpoints"))
+  t.stage2_num_steps = steps
+  t.warmup_steps = min(t.warmup_steps, steps // 5)
+  t.checkpoint_every_steps, t.keep_checkpoints = steps, 1
+  t.log_every_steps = min(t.log_every_steps, steps)
+  t.eval_every_steps = 0
+  return train.train_and_evaluate(cfg, run_dir)["stage2"]
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str = "config",
+              steps: int = 100, batch: int = 8, reps: int = 3, splits=config_lib.SPLITS,
+              alphas=ALPHAS, modes=config_lib.TRANSFORM_MODES, budget_minutes: float = 0.0,
+              plot: str | None = None) -> list[dict]:
+  """Measures every point, fine-tunes the asked ones, writes the CSV and the plot; returns rows."""
+  if accuracy not in ("none", "config", "all"):
+    raise ValueError(f"--accuracy: {accuracy!r} is not one of ('none', 'config', 'all')")
+  config_lib.validate(config)
+  out_dir = os.path.join(workdir, "sweep")
+  os.makedirs(out_dir, exist_ok=True)
+  base_cfg = profile.stage_config(config, "1")
+  base_name = profile.model_name(base_cfg)
+  configs = {base_name: base_cfg}
+  for split in splits:
+    for alpha in alphas:
+      for mode in modes:
+        configs[point_name(split, alpha, mode)] = point_config(config, split, alpha, mode)
+
+  t0 = time.time()
+  costs = measure_costs(configs, batch, reps)
+  logging.info("MACs and latency of %d models in %.0fs", len(configs), time.time() - t0)
+
+  rows = []
+  for name, cfg in configs.items():
+    is_base = name == base_name
+    a, c = cfg.model.aknet, costs[name]
+    rows.append({"model": "baseline" if is_base else "aknet", "name": name,
+                 "split": "" if is_base else a.split, "alpha": "" if is_base else a.alpha,
+                 "transform_mode": "" if is_base else a.transform_mode,
+                 "num_points": "" if is_base else num_points(cfg),
+                 "gmacs": c["gmacs"], "params": c["params"],
+                 "params_inference": c["params_inference"],
+                 "latency_ms": c["latency_ms"]["median"], "latency_ms_min": c["latency_ms"]["min"],
+                 "latency_ms_max": c["latency_ms"]["max"], "latency_batch": batch})
+  csv_path = os.path.join(out_dir, "sweep.csv")
+  write_csv(rows, csv_path)
+
+  if accuracy != "none":
+    base = stage1_result(config, workdir)
+    rows[0].update(top1=base.get("top1"), top5=base.get("top5"))
+    wanted = [r for r in rows[1:]
+              if accuracy == "all" or r["transform_mode"] == config.model.aknet.transform_mode]
+    done = []
+    for i, row in enumerate(accuracy_order(wanted, config.model.aknet.alpha)):
+      spent = time.time() - t0
+      per_point = sum(done) / len(done) if done else 0.0
+      if budget_minutes and spent + per_point > 60 * budget_minutes:
+        logging.warning("Time budget of %g min: %d of %d points left without accuracy",
+                        budget_minutes, len(wanted) - i, len(wanted))
+        break
+      t_point = time.time()
+      run_dir = os.path.join(out_dir, "runs", row["name"])
+      metrics = finished_result(run_dir, steps)
+      if metrics is None:
+        metrics = finetune(configs[row["name"]], workdir, run_dir, steps)
+        done.append(time.time() - t_point)
+      row.update({k: metrics.get(k) for k in ("top1", "top5", "keypoint_precision",
+                                              "keypoint_chance")})
+      row.update(finetune_steps=steps, finetune_seconds=round(time.time() - t_point, 1))
+      logging.info("sweep point %s: top1 %.4f (%d/%d)", row["name"], row["top1"], i + 1,
+                   len(wanted))
+      write_csv(rows, csv_path)
+  device = profile.device_name()
+  plot = plot or os.path.join(out_dir, "sweep.png")
+  c = config
+  title = (f"{c.dataset.name}: {base_name} ResNet-{c.model.depth} (width {c.model.width}), "
+           f"{c.dataset.num_segments} x {c.dataset.image_size}²; latency on {device}; "
+           f"AK-Net fine-tuned {steps} steps from one stage-1 checkpoint")
+  plots.tradeoff_figure(plots.read_sweep(csv_path), plot, title=title)
+  logging.info("wrote %s and %s in %.0fs", csv_path, plot, time.time() - t0)
+  return rows
+
+
+def accuracy_order(rows: list[dict], config_alpha: float) -> list[dict]:
+  """Fine-tune order: first the smallest, the config's and the largest alpha of every split, then
+  the rest, so that a time budget still leaves every split a curve."""
+  alphas = [r["alpha"] for r in rows]
+  first = {min(alphas), config_alpha, max(alphas)} if alphas else set()
+  splits = list(config_lib.SPLITS)
+  return sorted(rows, key=lambda r: (r["alpha"] not in first, splits.index(r["split"]),
+                                     r["alpha"], r["transform_mode"]))
+
+
+def finished_result(run_dir: str, steps: int) -> dict | None:
+  """The stage-2 metrics of a point's earlier fine-tune of `steps` steps, if there is one."""
+  path = os.path.join(run_dir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    entry = json.load(f).get("stage2")
+  return entry if entry and entry.get("step") == steps and "top1" in entry else None
+
+
+def write_csv(rows: list[dict], path: str):
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in COLUMNS})
+  os.replace(tmp, path)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program: modules import each other)."""
+  config_flags.DEFINE_config_file("config", "configs/synthetic.py",
+                                  "Experiment config file[:string].", lock_config=True)
+  flags.DEFINE_string("workdir", None, "A run's workdir: its stage-1 checkpoint seeds the "
+                      "fine-tunes (trained first if absent); results go to WORKDIR/sweep/.")
+  flags.DEFINE_enum("accuracy", "config", ["none", "config", "all"],
+                    "Which points get a fine-tune for accuracy: none, the config's transform "
+                    "mode, all.")
+  flags.DEFINE_integer("steps", 100, "Stage-2 fine-tune steps per point.")
+  flags.DEFINE_integer("batch", 8, "Batch size of the latency measurement.")
+  flags.DEFINE_integer("reps", 3, "Timed rounds for latency (median reported).")
+  flags.DEFINE_list("splits", list(config_lib.SPLITS), "Splits to sweep.")
+  flags.DEFINE_list("alphas", [str(a) for a in ALPHAS], "Keypoint ratios to sweep.")
+  flags.DEFINE_list("modes", list(config_lib.TRANSFORM_MODES), "Transform modes to sweep.")
+  flags.DEFINE_float("budget_minutes", 0.0, "Start no fine-tune that would end the sweep after "
+                     "this many minutes (estimated from the points so far; 0 = no limit).")
+  flags.DEFINE_string("plot", None, "Where to write the PNG (default WORKDIR/sweep/sweep.png).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required (a run's workdir; the sweep writes WORKDIR/sweep/)")
+  try:
+    alphas = [float(a) for a in FLAGS.alphas]
+    for name, values, allowed in (("splits", FLAGS.splits, config_lib.SPLITS),
+                                  ("modes", FLAGS.modes, config_lib.TRANSFORM_MODES)):
+      bad = [v for v in values if v not in allowed]
+      if bad:
+        raise ValueError(f"--{name}: {bad} not in {allowed}")
+    run_sweep(FLAGS.config, FLAGS.workdir, accuracy=FLAGS.accuracy, steps=FLAGS.steps,
+              batch=FLAGS.batch, reps=FLAGS.reps, splits=FLAGS.splits, alphas=alphas,
+              modes=FLAGS.modes, budget_minutes=FLAGS.budget_minutes, plot=FLAGS.plot)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
