@@ -1,23 +1,25 @@
 """What every command line does with bad input: one `error: ...` line on stderr, a non-zero exit.
 
 `app.run(main, flags_parser=cli.parse_flags)` reports flag and config-file errors (a missing
-config file, an unknown or invalid config field) that way, and `with cli.reported_errors():`
-around the work reports user errors and faults (ValueError, OSError, FloatingPointError,
-TensorFlow's data errors) and preemption. `--verbosity=1` also logs the traceback.
+config file, an unknown or invalid config field) that way, and `cli.call(work, ...)` reports
+user errors and faults (ValueError, OSError, FloatingPointError, TensorFlow's data errors) and
+preemption. `--verbosity=1` also logs the traceback.
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import re
 import sys
-from typing import NoReturn
+import traceback
+from typing import Callable, NoReturn, TypeVar
 
 from absl import flags, logging
 
 from aknet_jax import preemption
 
 USER_ERROR = 2  # Exit status for bad input and for faults reported in one line.
+T = TypeVar("T")
 _EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 
 
@@ -70,20 +72,30 @@ def _is_data_error(e: BaseException) -> bool:
   return bool(tf is not None and isinstance(e, tf.errors.OpError))
 
 
-@contextlib.contextmanager
-def reported_errors():
-  """Turns user errors, faults and preemption into one stderr line and an exit status."""
+def call(fn: Callable[..., T], *args, **kwargs) -> T:
+  """fn(*args, **kwargs), turning user errors, faults and preemption into one stderr line and an
+  exit status (a bug keeps its traceback, exit status 1).
+
+  The exit happens after the exception is dropped and collected: a run that fails mid-training
+  still holds a tf.data iterator whose threads run Python; torn down during interpreter shutdown
+  instead, it deadlocks.
+  """
   try:
-    yield
+    return fn(*args, **kwargs)
   except preemption.Preempted as e:
-    print(f"stopped: {e}", file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    code, line = e.exit_code, f"stopped: {e}"
   except (ValueError, OSError, FloatingPointError) as e:
     logging.debug("traceback of the error below", exc_info=True)
-    fail(one_line(str(e)))
+    code, line = USER_ERROR, f"error: {' '.join(one_line(str(e)).split())}"
   except Exception as e:  # pylint: disable=broad-except
-    if not _is_data_error(e):
-      raise
-    logging.debug("traceback of the error below", exc_info=True)
-    fail(f"reading the dataset failed ({type(e).__name__}: {one_line(e.message)}); check "
-         "config.dataset.data_dir, or rebuild the dataset with python -m aknet_jax.data.build")
+    if _is_data_error(e):
+      logging.debug("traceback of the error below", exc_info=True)
+      code, line = USER_ERROR, (
+          f"error: reading the dataset failed ({type(e).__name__}: {one_line(e.message)}); "
+          "check config.dataset.data_dir, or rebuild the dataset with "
+          "python -m aknet_jax.data.build")
+    else:
+      code, line = 1, "".join(traceback.format_exception(e)).rstrip()
+  gc.collect()
+  print(line, file=sys.stderr, flush=True)
+  sys.exit(code)

@@ -35,26 +35,28 @@ def main(argv):
     cli.fail("--workdir is required (where checkpoints and results.json go)")
   if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
     cli.fail(f"--workdir={FLAGS.workdir} is a file, not a directory")
-  with cli.reported_errors():
-    config_lib.validate(FLAGS.config)  # Before the slow imports: a bad field fails at once.
+  cli.call(config_lib.validate, FLAGS.config)  # Before the slow imports: fails at once.
   data_dir = os.path.expanduser(FLAGS.config.dataset.data_dir)
   if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
     cli.fail(f"config.dataset.data_dir: {data_dir} is a file, not a directory")
-  if FLAGS.verbosity < 1:  # TF's C++ log repeats data errors with tracebacks; one line says it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if FLAGS.verbosity < 1 and int(os.environ.get("TF_CPP_MIN_LOG_LEVEL") or 0) < 2:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TF's C++ log repeats data errors as tracebacks.
+  cli.call(_run)
+
+
+def _run():
   # Imported here so that --help and flag errors stay fast.
   from aknet_jax import distributed, logs, train  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
-  with cli.reported_errors():
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    logging.info("JAX process %d/%d, local devices: %s", *distributed.describe())
-    if FLAGS.mode == "train":
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "predict":
-      from aknet_jax import predict  # pylint: disable=g-import-not-at-top
-      predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.video)
-    else:
-      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  logging.info("JAX process %d/%d, local devices: %s", *distributed.describe())
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "predict":
+    from aknet_jax import predict  # pylint: disable=g-import-not-at-top
+    predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.video)
+  else:
+    train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

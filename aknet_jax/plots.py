@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 
 import matplotlib
 
@@ -20,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from aknet_jax import cli  # noqa: E402
 
 _SPLIT_COLOURS = {"res2": "tab:blue", "res3": "tab:orange", "res4": "tab:green"}
 _MODE_MARKERS = {"full": "s", "lowrank": "o", "none": "^"}
@@ -177,27 +178,27 @@ def define_flags():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   if not FLAGS.out or bool(FLAGS.per_class) == bool(FLAGS.sweep):
-    raise app.UsageError("give --out and exactly one of --per_class or --sweep")
-  try:
-    if FLAGS.sweep:
-      tradeoff_figure(read_sweep(FLAGS.sweep), FLAGS.out)
-    else:
-      acc = read_per_class(FLAGS.per_class)
-      base = read_per_class(FLAGS.baseline) if FLAGS.baseline else None
-      names = None
-      if FLAGS.dataset:
-        from aknet_jax import predict  # pylint: disable=g-import-not-at-top
-        names = predict.class_names_for(FLAGS.dataset, len(acc))
-      per_class_figure(acc, FLAGS.out, baseline=base, class_names=names,
-                       max_classes=FLAGS.max_classes)
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("give --out=FILE.png and exactly one of --per_class=JSON or --sweep=CSV")
+  cli.call(_draw)
   print(FLAGS.out)
+
+
+def _draw():
+  if FLAGS.sweep:
+    tradeoff_figure(read_sweep(FLAGS.sweep), FLAGS.out)
+    return
+  acc = read_per_class(FLAGS.per_class)
+  base = read_per_class(FLAGS.baseline) if FLAGS.baseline else None
+  names = None
+  if FLAGS.dataset:
+    from aknet_jax import predict  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    names = predict.class_names_for(FLAGS.dataset, len(acc))
+  per_class_figure(acc, FLAGS.out, baseline=base, class_names=names,
+                   max_classes=FLAGS.max_classes)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

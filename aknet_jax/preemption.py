@@ -68,6 +68,11 @@ def reached(step: int) -> bool:
   return bool(_received)
 
 
+def requested() -> bool:
+  """Whether a notice arrived, without a step to agree on (single process only)."""
+  return bool(_received)
+
+
 def signal_received() -> int:
   """The signal behind the notice (SIGTERM where the runtime took it)."""
   return _received[0] if _received else int(signal.SIGTERM)

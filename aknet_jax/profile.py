@@ -1,13 +1,16 @@
 """Measured cost of a config's backbone baseline and its AK-Net: MACs, latency, memory, clips/s.
 
   python -m aknet_jax.profile --config=configs/ssv2.py [--batch=1,8] [--json=FILE] [--reps=5]
+      [--transform_modes=full,lowrank,none] [--parts] [--train_batch=B]
 
 MACs are XLA's cost analysis of one clip's jitted inference (flops / 2, the paper's "GFLOPs").
 Latency is the jitted inference function after warm-up, the device synchronised after every call;
 the models of one batch size are timed in interleaved rounds, so load from other processes falls on
-both alike. `--parts` also times AK-Net piece by piece (F, keypoint selection, T, Q, head) to show
-where its time goes. Weights are random (He-normal, drawn with NumPy): timing does not depend on
-their values, and it avoids initialising the ~270 M-parameter full transform net with threefry.
+all alike, and the ratios to the baseline are also taken round by round. `--parts` times AK-Net
+piece by piece (F, keypoint selection, T, Q, head) to show where its time goes. Weights are random
+(He-normal, drawn with NumPy): timing does not depend on their values, and it avoids initialising
+the ~270 M-parameter full transform net with threefry. With bf16 on a known accelerator the
+training step also reports its MFU.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from typing import Callable
 
@@ -28,7 +30,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aknet_jax import config as config_lib
+from aknet_jax import cli, config as config_lib
 from aknet_jax import models, optim, train_step as steps
 from aknet_jax.models import keypoints, resnet
 from aknet_jax.models.backbone import VideoBackbone
@@ -129,10 +131,14 @@ def random_frames(config: ml_collections.ConfigDict, batch: int, seed: int = 0) 
 
 
 def _memory(compiled) -> dict:
-  """Peak memory: XLA's estimate for the compiled function, and the device's own where reported."""
-  out = {"compiled_peak_bytes": None, "device_peak_bytes": None}
+  """Memory: weights + inputs of the compiled call; XLA's temporaries and the device's peak where
+  the backend reports them (XLA:CPU plans no temporaries, and CPU devices keep no statistics)."""
+  out = {"arguments_bytes": None, "xla_temp_bytes": None, "device_peak_bytes": None}
   try:
-    out["compiled_peak_bytes"] = int(compiled.memory_analysis().peak_memory_in_bytes)
+    analysis = compiled.memory_analysis()
+    out["arguments_bytes"] = int(analysis.argument_size_in_bytes)
+    if jax.default_backend() != "cpu":
+      out["xla_temp_bytes"] = int(analysis.temp_size_in_bytes)
   except (AttributeError, NotImplementedError, TypeError):
     pass
   stats = jax.local_devices()[0].memory_stats()
@@ -162,8 +168,23 @@ def profile_inference(configs: list[ml_collections.ConfigDict], batch: int, *, r
   times = time_interleaved(calls, reps, warmup)
   for i, entry in enumerate(entries):
     entry["latency_ms"] = latency_stats(times[i])
+    entry["samples_ms"] = [1e3 * t for t in times[i]]
     entry["clips_per_s"] = batch / (entry["latency_ms"]["median"] / 1e3)
   return entries
+
+
+def ratios(base: dict, other: dict) -> dict:
+  """MACs and latency ratios of two entries of one `profile_inference` call.
+
+  `latency_ratio_paired` is the median over rounds of the per-round ratio: both calls of a round
+  ran back to back, so a change of machine load between rounds cancels out.
+  """
+  paired = [o / b for o, b in zip(other["samples_ms"], base["samples_ms"])]
+  return {"batch": base["batch"], "model": other["name"],
+          "macs_ratio": other["gmacs"] / base["gmacs"],
+          "latency_ratio": other["latency_ms"]["median"] / base["latency_ms"]["median"],
+          "latency_ratio_paired": statistics.median(paired),
+          "latency_ratio_of_min": other["latency_ms"]["min"] / base["latency_ms"]["min"]}
 
 
 def profile_train_step(config: ml_collections.ConfigDict, batch: int, *, reps: int = 3,
@@ -290,38 +311,47 @@ def aknet_parts(config: ml_collections.ConfigDict, variables: dict, batch: int, 
 
 
 def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, warmup: int,
-        train_batch: int, train_reps: int, parts: bool) -> dict:
-  """The whole report: inference entries per batch size, train steps, AK-Net's parts."""
+        train_batch: int, train_reps: int, parts: bool,
+        transform_modes: list[str] | None = None) -> dict:
+  """The whole report: inference entries per batch size, train steps, AK-Net's parts.
+
+  The baseline and one AK-Net per transform mode (default: the config's) are timed together.
+  """
   config_lib.validate(config)
-  base, ak = stage_config(config, "1"), stage_config(config, "2")
+  base = stage_config(config, "1")
+  aks = []
+  for mode in transform_modes or [config.model.aknet.transform_mode]:
+    if mode not in config_lib.TRANSFORM_MODES:
+      raise ValueError(f"--transform_modes: {mode!r} is not one of {config_lib.TRANSFORM_MODES}")
+    ak = stage_config(config, "2")
+    ak.model.aknet.transform_mode = mode
+    aks.append(ak)
   report = {"device": device_name(), "backend": jax.default_backend(),
             "config": {"backbone": config.model.backbone, "depth": int(config.model.depth),
                        "width": int(config.model.width),
                        "frames": int(config.dataset.num_segments),
                        "image_size": int(config.dataset.image_size),
                        "split": config.model.aknet.split, "alpha": float(config.model.aknet.alpha),
-                       "transform_mode": config.model.aknet.transform_mode,
+                       "transform_modes": [a.model.aknet.transform_mode for a in aks],
                        "bf16": bool(config.half_precision)},
             "macs_convention": "gmacs = XLA cost-analysis flops / 2 / 1e9 per clip, inference",
             "models": [], "ratios": [], "train": [], "parts": {}}
   variables = [random_variables(models.variable_shapes(c), seed=i)
-               for i, c in enumerate((base, ak))]
+               for i, c in enumerate([base] + aks)]
   for b in batches:
     logging.info("Timing inference at batch %d", b)
-    pair = profile_inference([base, ak], b, reps=reps, warmup=warmup, variables=variables)
-    report["models"].extend(pair)
-    report["ratios"].append({
-        "batch": b, "macs_ratio": pair[1]["gmacs"] / pair[0]["gmacs"],
-        "latency_ratio": pair[1]["latency_ms"]["median"] / pair[0]["latency_ms"]["median"],
-        "latency_ratio_of_min": pair[1]["latency_ms"]["min"] / pair[0]["latency_ms"]["min"]})
+    entries = profile_inference([base] + aks, b, reps=reps, warmup=warmup, variables=variables)
+    report["models"].extend(entries)
+    report["ratios"].extend(ratios(entries[0], e) for e in entries[1:])
   if parts:
     for b in batches:
-      logging.info("Timing AK-Net's parts at batch %d", b)
-      report["parts"][str(b)] = aknet_parts(ak, variables[1], b, reps=reps, warmup=warmup,
-                                            baseline=(base, variables[0]))
+      for ak, v in zip(aks, variables[1:]):
+        logging.info("Timing the parts of %s at batch %d", model_name(ak), b)
+        report["parts"][f"{model_name(ak)}, batch {b}"] = aknet_parts(
+            ak, v, b, reps=reps, warmup=warmup, baseline=(base, variables[0]))
   del variables
   if train_batch > 0:
-    for cfg in (base, ak):
+    for cfg in [base] + aks:
       logging.info("Timing the training step of %s at batch %d", model_name(cfg), train_batch)
       entry = profile_train_step(cfg, train_batch, reps=train_reps, warmup=1)
       entry["name"] = model_name(cfg)
@@ -334,19 +364,23 @@ def format_report(report: dict) -> str:
   lines = [f"Device: {report['device']}. GFLOPs = multiply-accumulates per clip (XLA cost "
            "analysis / 2); latency = one jitted inference call on the whole batch.", "",
            "| model | batch | GFLOPs (MACs) | params (M) | latency median (ms) | min | max | "
-           "clips/s | XLA peak memory (MiB) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "clips/s | weights + input (MiB) | XLA temp (MiB) | device peak (MiB) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  mib = lambda b: f"{b / 2**20:.0f}" if b else "—"  # noqa: E731
   for m in report["models"]:
-    lat = m["latency_ms"]
-    mem = m["memory"]["device_peak_bytes"] or m["memory"]["compiled_peak_bytes"]
+    lat, mem = m["latency_ms"], m["memory"]
     lines.append(f"| {m['name']} | {m['batch']} | {m['gmacs']:.4g} | {m['params'] / 1e6:.1f} | "
                  f"{lat['median']:.1f} | {lat['min']:.1f} | {lat['max']:.1f} | "
-                 f"{m['clips_per_s']:.2f} | {f'{mem / 2**20:.0f}' if mem else '—'} |")
-  lines += ["", "| batch | MACs ratio (AK-Net / baseline) | latency ratio (medians) | "
-            "latency − MACs ratio | latency ratio (minima) |", "|---:|---:|---:|---:|---:|"]
+                 f"{m['clips_per_s']:.2f} | {mib(mem['arguments_bytes'])} | "
+                 f"{mib(mem['xla_temp_bytes'])} | {mib(mem['device_peak_bytes'])} |")
+  lines += ["", "Ratios to the baseline (paired: median over rounds of the per-round ratio):", "",
+            "| model | batch | MACs ratio | latency ratio, paired | − MACs ratio | "
+            "ratio of medians | ratio of minima |", "|---|---:|---:|---:|---:|---:|---:|"]
   for r in report["ratios"]:
-    lines.append(f"| {r['batch']} | {r['macs_ratio']:.3f} | {r['latency_ratio']:.3f} | "
-                 f"{r['latency_ratio'] - r['macs_ratio']:+.3f} | {r['latency_ratio_of_min']:.3f} |")
+    lines.append(f"| {r['model']} | {r['batch']} | {r['macs_ratio']:.3f} | "
+                 f"{r['latency_ratio_paired']:.3f} | "
+                 f"{r['latency_ratio_paired'] - r['macs_ratio']:+.3f} | "
+                 f"{r['latency_ratio']:.3f} | {r['latency_ratio_of_min']:.3f} |")
   if report["train"]:
     lines += ["", "| training step | batch | step median (ms) | clips/s | TFLOP/step | TFLOP/s "
               "| MFU |",
@@ -356,8 +390,8 @@ def format_report(report: dict) -> str:
       lines.append(f"| {t['name']}{' (bf16)' if t['bf16'] else ''} | {t['batch']} | "
                    f"{t['step_ms']['median']:.0f} | {t['clips_per_s']:.2f} | "
                    f"{t['tflops_per_step']:.3g} | {t['tflops_per_s']:.3g} | {mfu} |")
-  for b, parts in report["parts"].items():
-    lines += ["", f"AK-Net's parts at batch {b} (each jitted alone, median ms; chained pieces vs "
+  for key, parts in report["parts"].items():
+    lines += ["", f"Parts of {key} (each jitted alone, median ms; chained pieces vs "
               f"the whole model: logits differ by {parts['logits_rel_diff']:.1e} relative):", "",
               "| part | ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in parts["ms"].items()]
@@ -379,31 +413,34 @@ def define_flags():
                        "Training-step batch (-1 = the largest --batch, 0 = skip).")
   flags.DEFINE_integer("train_reps", 3, "Timed training steps per model.")
   flags.DEFINE_bool("parts", False, "Also time AK-Net piece by piece (where does the time go).")
+  flags.DEFINE_list("transform_modes", [], "AK-Net transform modes to time against the baseline "
+                    "in the same rounds (default: the config's).")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   try:
     batches = [int(b) for b in FLAGS.batch]
   except ValueError:
-    raise app.UsageError(f"--batch: {FLAGS.batch!r} must be integers, e.g. --batch=1,8") from None
+    cli.fail(f"--batch: {','.join(FLAGS.batch)!r} must be integers, e.g. --batch=1,8")
   if not batches or min(batches) < 1 or FLAGS.reps < 1:
-    raise app.UsageError("--batch values and --reps must be >= 1")
+    cli.fail("--batch values and --reps must be >= 1")
   train_batch = max(batches) if FLAGS.train_batch < 0 else FLAGS.train_batch
-  try:
-    report = run(FLAGS.config, batches, reps=FLAGS.reps, warmup=FLAGS.warmup,
-                 train_batch=train_batch, train_reps=FLAGS.train_reps, parts=FLAGS.parts)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  report = cli.call(run, FLAGS.config, batches, reps=FLAGS.reps, warmup=FLAGS.warmup,
+                    train_batch=train_batch, train_reps=FLAGS.train_reps, parts=FLAGS.parts,
+                    transform_modes=FLAGS.transform_modes or None)
   print(format_report(report))
   if FLAGS.json:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-    with open(FLAGS.json, "w") as f:
-      json.dump(report, f, indent=2)
+    cli.call(_write_json, FLAGS.json, report)
+
+
+def _write_json(path: str, report: dict):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 import time
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aknet_jax import config as config_lib
+from aknet_jax import cli, config as config_lib
 from aknet_jax import models, plots, profile
 from aknet_jax.models import keypoints
 
@@ -234,24 +233,23 @@ def define_flags():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required (a run's workdir; the sweep writes WORKDIR/sweep/)")
+    cli.fail("--workdir is required (a run's workdir; the sweep writes WORKDIR/sweep/)")
   try:
     alphas = [float(a) for a in FLAGS.alphas]
-    for name, values, allowed in (("splits", FLAGS.splits, config_lib.SPLITS),
-                                  ("modes", FLAGS.modes, config_lib.TRANSFORM_MODES)):
-      bad = [v for v in values if v not in allowed]
-      if bad:
-        raise ValueError(f"--{name}: {bad} not in {allowed}")
-    run_sweep(FLAGS.config, FLAGS.workdir, accuracy=FLAGS.accuracy, steps=FLAGS.steps,
-              batch=FLAGS.batch, reps=FLAGS.reps, splits=FLAGS.splits, alphas=alphas,
-              modes=FLAGS.modes, budget_minutes=FLAGS.budget_minutes, plot=FLAGS.plot)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except ValueError:
+    cli.fail(f"--alphas: {','.join(FLAGS.alphas)!r} must be numbers in (0, 1], e.g. 0.1,0.3")
+  for name, values, allowed in (("splits", FLAGS.splits, config_lib.SPLITS),
+                                ("modes", FLAGS.modes, config_lib.TRANSFORM_MODES)):
+    bad = [v for v in values if v not in allowed]
+    if bad:
+      cli.fail(f"--{name}: {bad} not in {allowed}")
+  cli.call(run_sweep, FLAGS.config, FLAGS.workdir, accuracy=FLAGS.accuracy, steps=FLAGS.steps,
+           batch=FLAGS.batch, reps=FLAGS.reps, splits=FLAGS.splits, alphas=alphas,
+           modes=FLAGS.modes, budget_minutes=FLAGS.budget_minutes, plot=FLAGS.plot)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -236,6 +236,9 @@ def train_stage(config, workdir: str, stage: str) -> dict:
   save(num_steps, top1=final["top1"])
   writer.flush()
   ckpts.close()
+  if config.stage == "both" and stage == "1" and preemption.requested():
+    # Noticed during the evaluation: stage 1 is complete; stop before stage 2 starts.
+    raise preemption.Preempted(stage, num_steps, ckpts.directory, preemption.signal_received())
   return final
 
 

@@ -1,4 +1,4 @@
-"""The profile CLI's JSON report, interleaved timing, random weights, AK-Net timed piece by piece."""
+"""The profile CLI's JSON report, interleaved timing, random weights, AK-Net's parts."""
 
 import json
 import math
@@ -34,10 +34,15 @@ def test_cli_writes_the_json_report_with_both_models_per_batch(tmp_path):
     stage_cfg = profile.stage_config(cfg, stage)
     assert math.isclose(m["gmacs"], models.gmacs(stage_cfg), rel_tol=1e-9)
     assert m["params"] == models.param_count(stage_cfg, inference=True)
-    assert m["memory"]["compiled_peak_bytes"] > 0
+    # Weights (float32) and the input clip are the compiled call's arguments.
+    frames = m["batch"] * math.prod(models.input_shape(cfg)[1:]) * 4
+    assert m["memory"]["arguments_bytes"] >= 4 * m["params"] + frames
   (ratio,) = report["ratios"]
-  gmacs = {m["name"]: m["gmacs"] for m in report["models"]}
-  assert math.isclose(ratio["macs_ratio"], gmacs[ak] / gmacs[base])
+  by_name = {m["name"]: m for m in report["models"]}
+  assert ratio["model"] == ak
+  assert math.isclose(ratio["macs_ratio"], by_name[ak]["gmacs"] / by_name[base]["gmacs"])
+  per_round = [a / b for a, b in zip(by_name[ak]["samples_ms"], by_name[base]["samples_ms"])]
+  assert len(per_round) == 2 and math.isclose(ratio["latency_ratio_paired"], np.median(per_round))
   assert report["train"] == []  # --train_batch=0.
   assert "| TSM | 2 |" in res.stdout and "latency ratio" in res.stdout
 

@@ -1,4 +1,4 @@
-"""The sweep: costs of every point, a fine-tune per asked point from one stage-1 checkpoint, CSV, plot."""
+"""The sweep: every point's costs, fine-tunes from one stage-1 checkpoint, the CSV and the plot."""
 
 import csv
 import json
@@ -34,7 +34,8 @@ def test_costs_of_every_point_in_the_csv_and_plot(tmp_path):
     # More points cost more; the transform net costs MACs and parameters.
     none = [float(by_name[sweep.point_name(split, a, "none")]["gmacs"]) for a in (0.5, 1.0)]
     assert none[0] < none[1]
-    low, non = by_name[sweep.point_name(split, 1.0, "lowrank")], by_name[sweep.point_name(split, 1.0, "none")]
+    low = by_name[sweep.point_name(split, 1.0, "lowrank")]
+    non = by_name[sweep.point_name(split, 1.0, "none")]
     assert float(low["gmacs"]) > float(non["gmacs"])
     assert int(low["params_inference"]) > int(non["params_inference"])
   point = sweep.point_config(cfg, "res3", 0.5, "none")

@@ -27,7 +27,7 @@ NUM_STEPS = 8
 CONFIG = f"configs/synthetic.py:tiny,stage=1,steps={NUM_STEPS}"
 FLAGS = ("--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=2",
          "--config.train.keep_checkpoints=3")
-TIMEOUT = 600  # Seconds; generous for a loaded 2-core CI machine.
+TIMEOUT = 300  # Seconds per process; generous for a loaded 2-core CI machine.
 STEP_LINE = re.compile(r"stage 1 step (\d+)/\d+")
 
 

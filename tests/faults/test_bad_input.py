@@ -62,7 +62,7 @@ def test_workdir_and_data_dir_errors(tmp_path):
 
 
 def _stage2_checkpoint(workdir, data_dir):
-  """A stage-2 (AK-Net, split res4) checkpoint of the tiny config, as evaluation reads it."""
+  """A stage-2 (AK-Net, split res3) checkpoint of the tiny config, as evaluation reads it."""
   cfg = load_config("synthetic", f"tiny,stage=2,data_dir={data_dir}")
   shapes = jax.eval_shape(lambda: models.init_variables(cfg, jax.random.PRNGKey(0)))
   variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
@@ -101,8 +101,8 @@ RUN_CASES = [
     ("evaluate with another class count", ["--mode=eval", "--config.dataset.num_classes=5"],
      "reference", "was written for num_classes=8 but the config has dataset.num_classes=5"),
     ("evaluate with another AK-Net split", ["--mode=eval", "--config={cfg},data_dir={data},stage=2,"
-                                            "split=res3"], _stage2_checkpoint,
-     "was written for split='res4' but the config has model.aknet.split='res3'"),
+                                            "split=res2"], _stage2_checkpoint,
+     "was written for split='res3' but the config has model.aknet.split='res2'"),
     ("no readable checkpoint", ["--mode=eval"], "unreadable", "no readable checkpoint in"),
 ]
 
