@@ -76,6 +76,13 @@ def _non_finite(tree) -> str | None:
   return None
 
 
+def latest_good(step: int | None, directory: str) -> str:
+  """How a numerical-fault message ends: what is left to resume from."""
+  if step is None:
+    return f"no checkpoint was written yet in {directory}"
+  return f"the latest good checkpoint, step {step} in {directory}, is kept"
+
+
 def partial_steps(directory: str) -> list[str]:
   """Step directories a save left unfinished (killed or failed mid-write)."""
   return sorted(glob.glob(os.path.join(glob.escape(directory), f"*{TMP_MARK}*")))
@@ -137,9 +144,8 @@ class StageCheckpoints:
     bad = _non_finite({"params": state.params, "batch_stats": state.batch_stats,
                        "opt_state": state.opt_state})
     if bad is not None:
-      raise FloatingPointError(
-          f"not saving step {step}: {bad} is not finite; the latest good checkpoint is step "
-          f"{self.latest_step()} in {self.directory}")
+      raise FloatingPointError(f"not saving step {step}: {bad} is not finite; "
+                               + latest_good(self.latest_step(), self.directory))
     items = _args(state, meta)
     for mngr, kwargs in ((self.periodic, {}),
                          (self.best, {"metrics": {"top1": float(top1 or 0.0)}})):

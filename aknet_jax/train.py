@@ -191,7 +191,7 @@ def train_stage(config, workdir: str, stage: str) -> dict:
       if not (np.isfinite(loss) and np.isfinite(grad_norm)):
         raise FloatingPointError(
             f"stage {stage}: training loss is {loss} (gradient norm {grad_norm}) at step {s}; "
-            f"the latest good checkpoint, step {ckpts.latest_step()} in {ckpts.directory}, is kept")
+            + checkpoints.latest_good(ckpts.latest_step(), ckpts.directory))
 
   def save(step, top1=None):
     check_finite()  # A NaN state is never written: the latest checkpoint stays a good one.

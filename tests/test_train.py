@@ -73,7 +73,9 @@ def test_pmap_over_two_devices_equals_one_device_with_the_same_global_batch():
         if n == 2:
           same = jax.tree_util.tree_map(lambda x: np.array_equal(np.asarray(x[0]), np.asarray(x[1])), s.params)
           assert all(jax.tree_util.tree_leaves(same)), "replicas diverged"
-      err = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)), *out)
+      # Relative to each leaf's scale, floored at 1e-2: a bias right before a BatchNorm (the
+      # transform net's) has a zero gradient up to rounding, so its value is rounding noise.
+      err = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-2)), *out)
       worst = max(jax.tree_util.tree_leaves(err))
       print("worst relative difference", worst)
       assert worst < 1e-4, worst
