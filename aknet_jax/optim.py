@@ -7,8 +7,6 @@ clip -> add_decayed_weights(mask) -> trace(momentum) -> scale(-lr(step)) -> scal
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -116,7 +114,3 @@ def create_optimizer(config: ml_collections.ConfigDict, params, num_steps: int, 
   parts.append(_scale_by_tree(lr_mult))
   return optax.chain(*parts), schedule
 
-
-def epochs_for(config: ml_collections.ConfigDict, num_steps: int, num_train_examples: int) -> float:
-  """How many epochs `num_steps` steps are (for logs)."""
-  return num_steps / max(1, math.floor(num_train_examples / config.train.batch_size))
