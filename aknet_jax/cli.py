@@ -1,7 +1,7 @@
 """What every command line does with bad input: one `error: ...` line on stderr, a non-zero exit.
 
 `app.run(main, flags_parser=cli.parse_flags)` reports flag and config-file errors (a missing
-config file, an unknown or invalid config field) that way, and `cli.call(work, ...)` reports
+config file, an unknown field, a field `config.validate` rejects) that way, and `cli.call(work, ...)` reports
 user errors and faults (ValueError, OSError, FloatingPointError, TensorFlow's data errors) and
 preemption. `--verbosity=1` also logs the traceback.
 """
@@ -16,6 +16,7 @@ from typing import Callable, NoReturn, TypeVar
 
 from absl import flags, logging
 
+from aknet_jax import config as config_lib
 from aknet_jax import preemption
 
 USER_ERROR = 2  # Exit status for bad input and for faults reported in one line.
@@ -33,8 +34,14 @@ def one_line(message: str) -> str:
   return " ".join(lines)
 
 
+def _report(line: str):
+  """Prints `line` on stderr from column 0 of a clean line (a progress bar may hold the cursor)."""
+  fresh = "\r\x1b[K" if sys.stderr.isatty() else ""
+  print(fresh + line, file=sys.stderr, flush=True)
+
+
 def fail(message: str, code: int = USER_ERROR) -> NoReturn:
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  _report(f"error: {' '.join(str(message).split())}")
   sys.exit(code)
 
 
@@ -54,16 +61,26 @@ def _config_error(e: BaseException, argv: list[str]) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing (and config-file loading) with one-line errors."""
+  """absl flag parsing, config-file loading and config validation, with one-line errors."""
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  (config files raise anything)
     fail(one_line(_config_error(e, argv)))
   for name in list(flags.FLAGS):
     try:  # A config file that failed to load raises OSError on any attribute access.
-      hasattr(flags.FLAGS[name].value, "keys")
+      value = flags.FLAGS[name].value
+      is_config = hasattr(value, "keys") and "model" in value
     except OSError as e:
       fail(one_line(_config_error(e, argv)))
+    if is_config:
+      try:
+        config_lib.validate(value)
+      except ValueError as e:
+        fail(one_line(str(e)))
+      except (AttributeError, KeyError) as e:
+        fail(f"--{name}: the config lacks field '{str(e).strip(chr(39) + chr(34) + ' ')}'; build "
+             "config files on "
+             "aknet_jax.config.base_config() (see configs/synthetic.py)")
   return rest
 
 
@@ -97,5 +114,5 @@ def call(fn: Callable[..., T], *args, **kwargs) -> T:
     else:
       code, line = 1, "".join(traceback.format_exception(e)).rstrip()
   gc.collect()
-  print(line, file=sys.stderr, flush=True)
+  _report(line)
   sys.exit(code)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Any, Mapping
 
 import jax
@@ -24,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aknet_jax import checkpoints, config as config_lib
+from aknet_jax import checkpoints, cli, config as config_lib
 from aknet_jax.models import backbone as backbone_lib
 from aknet_jax.models.video_net import VideoNet
 
@@ -399,20 +398,14 @@ def _define_flags():
 def main(argv):
   args = flags.FLAGS
   if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   for name in ("source", "checkpoint", "config", "workdir"):
     if getattr(args, name) is None:
-      print(f"error: --{name} is required (python -m aknet_jax.convert --help)", file=sys.stderr)
-      sys.exit(2)
+      cli.fail(f"--{name} is required (python -m aknet_jax.convert --help)")
   if not args["verbosity"].present:  # The result is one printed line; library INFO is noise here.
     logging.set_verbosity(logging.WARNING)
-  try:
-    step_dir = convert_checkpoint(args.source, args.checkpoint, args.config, args.workdir,
-                                  drop_classifier=args.drop_classifier)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  step_dir = cli.call(convert_checkpoint, args.source, args.checkpoint, args.config, args.workdir,
+                      drop_classifier=args.drop_classifier)
   if args.source == "torchvision":
     print(f"wrote {step_dir}: start stage 1 from it with init_from={args.workdir} in the config "
           "string")
@@ -423,4 +416,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

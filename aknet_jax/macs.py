@@ -12,6 +12,7 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from aknet_jax import cli
 from aknet_jax import config as config_lib
 from aknet_jax import models
 
@@ -74,11 +75,11 @@ def table(**kwargs) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  print(table(depth=FLAGS.depth, width=FLAGS.width, frames=FLAGS.frames,
-              image_size=FLAGS.image_size, split=FLAGS.split, alpha=FLAGS.alpha, rank=FLAGS.rank,
-              num_classes=FLAGS.num_classes))
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  print(cli.call(table, depth=FLAGS.depth, width=FLAGS.width, frames=FLAGS.frames,
+                 image_size=FLAGS.image_size, split=FLAGS.split, alpha=FLAGS.alpha,
+                 rank=FLAGS.rank, num_classes=FLAGS.num_classes))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -13,7 +13,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aknet_jax import cli
-from aknet_jax import config as config_lib
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results.json.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
@@ -35,7 +34,6 @@ def main(argv):
     cli.fail("--workdir is required (where checkpoints and results.json go)")
   if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
     cli.fail(f"--workdir={FLAGS.workdir} is a file, not a directory")
-  cli.call(config_lib.validate, FLAGS.config)  # Before the slow imports: fails at once.
   data_dir = os.path.expanduser(FLAGS.config.dataset.data_dir)
   if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
     cli.fail(f"config.dataset.data_dir: {data_dir} is a file, not a directory")

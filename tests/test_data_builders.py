@@ -223,16 +223,17 @@ def test_wrong_layout_names_the_expected_file(tmp_path):
     build.build("something_something_v1", str(manual), str(tmp_path / "tfds"))
 
 
-def test_cli_missing_manual_dir_is_one_line(tmp_path):
-  missing = tmp_path / "nowhere"
+def test_cli_empty_manual_dir_is_one_line(tmp_path):
+  empty = tmp_path / "downloads"
+  empty.mkdir()
   r = subprocess.run(
       [sys.executable, "-m", "aknet_jax.data.build", "--dataset=diving48",
-       f"--manual_dir={missing}", f"--data_dir={tmp_path / 'tfds'}"],
+       f"--manual_dir={empty}", f"--data_dir={tmp_path / 'tfds'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env={**os.environ, "PYTHONPATH": ROOT})
-  assert r.returncode == 1
+  assert r.returncode == 2
   last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: diving48: manual_dir") and str(missing) in last
+  assert last.startswith("error: diving48: manual_dir") and str(empty) in last
   assert "does not exist or is empty" in last
 
 

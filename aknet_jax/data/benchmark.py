@@ -15,6 +15,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from aknet_jax import cli
+from aknet_jax import logs
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which iterator to time.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Clips per batch (overrides the config).")
@@ -51,17 +54,24 @@ def measure(config, mode: str = "train", num_batches: int = 60, warmup: int = 5)
 
 
 def main(argv):
-  del argv
-  if _CORES.value:  # Before TensorFlow starts: tf.data sizes its thread pool from the affinity.
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:_CORES.value])
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/synthetic.py")
+    cli.fail("--config is required, e.g. --config=configs/synthetic.py")
+  for name in ("batch_size", "num_batches"):
+    if flags.FLAGS[name].value < 1:
+      cli.fail(f"--{name}={flags.FLAGS[name].value} must be >= 1")
+  if _CORES.value < 0:
+    cli.fail(f"--cores={_CORES.value} must be >= 0 (0 = all cores)")
+  if _CORES.value:  # Before TensorFlow starts: tf.data sizes its thread pool from the affinity.
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:_CORES.value])
   if _MODE.value == "train":
     config.train.batch_size = _BATCH_SIZE.value
   else:
     config.eval.batch_size = _BATCH_SIZE.value
-  r = measure(config, _MODE.value, _NUM_BATCHES.value, _WARMUP.value)
+  logs.quiet_libraries()
+  r = cli.call(measure, config, _MODE.value, _NUM_BATCHES.value, _WARMUP.value)
   d = config.dataset
   print(f"{d.name}/{d.builder_config or 'default'} {_MODE.value} batch {_BATCH_SIZE.value}, "
         f"T={d.num_segments} L={d.frames_per_segment} S={d.image_size}: frames {r['frames_shape']}")
@@ -70,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

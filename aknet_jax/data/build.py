@@ -12,12 +12,13 @@ Equivalent: `tfds build NAME --imports=aknet_jax.data.builders --manual_dir=DIR 
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+from aknet_jax import cli
+from aknet_jax import logs
 from aknet_jax.data import builders
 from aknet_jax.data import video_builder
 
@@ -42,6 +43,9 @@ def build(dataset: str, manual_dir: str | None, data_dir: str | None, config: st
   if builders.BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
     what = " ".join(builders.BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS.split())
     raise ValueError(f"--manual_dir: required for {dataset}. {what}")
+  if manual_dir and not os.path.isdir(os.path.expanduser(manual_dir)):
+    raise ValueError(f"--manual_dir={manual_dir}: no such directory (the folder holding the files "
+                     f"downloaded by hand for {dataset})")
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   builder = tfds.builder(dataset, data_dir=data_dir, config=config or None,
                          num_workers=num_workers)
@@ -65,15 +69,15 @@ def _print_report(report: dict):
 
 
 def main(argv):
-  del argv
-  try:
-    report = build(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _CONFIG.value,
-                   _NUM_WORKERS.value, _OVERWRITE.value)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  if not _DATASET.value:
+    cli.fail(f"--dataset is required: one of {sorted(builders.BUILDERS)}")
+  logs.quiet_libraries()
+  report = cli.call(build, _DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _CONFIG.value,
+                    _NUM_WORKERS.value, _OVERWRITE.value)
   _print_report(report)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("dataset")
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

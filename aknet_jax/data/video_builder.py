@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import py_utils
 
+from aknet_jax import cli
 from aknet_jax.data import video_io
 
 REPORT_FILE = "build_report.json"
@@ -116,7 +117,14 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         pool.terminate()
 
   def _download_and_prepare(self, dl_manager, download_config):
-    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    try:
+      super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    except RuntimeError as e:  # TFDS wraps the writer's OSError (a full disk, a quota).
+      if "write" not in str(e):
+        raise
+      raise OSError(f"writing {self.name} under {os.fspath(self.data_dir_root)} failed "
+                    f"({cli.one_line(str(e))}); free space there or choose another data_dir "
+                    "and build again") from e
     # self.data_dir is the temporary directory renamed into place when preparation succeeds.
     with open(os.path.join(os.fspath(self.data_dir), REPORT_FILE), "w") as f:
       json.dump(self._report, f, indent=1)

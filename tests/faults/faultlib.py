@@ -31,8 +31,8 @@ TIMEOUT = 300  # Seconds per process; generous for a loaded 2-core CI machine.
 STEP_LINE = re.compile(r"stage 1 step (\d+)/\d+")
 
 
-def file_size_limit(limit: int, *, die: bool) -> tuple[str, ...]:
-  """`python` arguments running the real CLI under RLIMIT_FSIZE = `limit` bytes.
+def file_size_limit(limit: int, *, die: bool, module: str = "aknet_jax.main") -> tuple[str, ...]:
+  """`python` arguments running the real CLI `module` under RLIMIT_FSIZE = `limit` bytes.
 
   CPython ignores SIGXFSZ, so a write past the limit fails with EFBIG (as on a full disk);
   `die` restores the default action, and the kernel then kills the process in that write.
@@ -40,7 +40,7 @@ def file_size_limit(limit: int, *, die: bool) -> tuple[str, ...]:
   code = (f"import resource, runpy, signal; "
           f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
           + ("signal.signal(signal.SIGXFSZ, signal.SIG_DFL); " if die else "")
-          + "runpy.run_module('aknet_jax.main', run_name='__main__', alter_sys=True)")
+          + f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
   return ("-c", code)
 
 

@@ -131,3 +131,95 @@ def test_data_and_checkpoint_errors(flags, start, expected, tiny_data_dir, tmp_p
   assert out.returncode == 2, out.stderr[-4000:]
   assert expected.format(**names) in faultlib.error_line(out.stderr)
   assert faultlib.steps(workdir) == before  # Nothing moved, deleted or written.
+
+
+def _module(name, *args):
+  return [sys.executable, "-m", name, *args]
+
+
+# The other command lines: (id, argv with {tmp}, expected error line with {tmp}). Each is rejected
+# before any file is written.
+OTHER_CLI_CASES = [
+    ("convert: missing config file",
+     _module("aknet_jax.convert", "--config=configs/nope.py", "--source=tsm",
+             "--checkpoint={tmp}/a.pth", "--workdir={tmp}/w"),
+     "--config: cannot load the config file: No such file or directory: 'configs/nope.py'"),
+    ("convert: override of an unknown field",
+     _module("aknet_jax.convert", f"--config={CFG}", "--config.model.colour=red", "--source=tsm",
+             "--checkpoint={tmp}/a.pth", "--workdir={tmp}/w"),
+     "--config.model.colour=red: the config has no field 'colour'"),
+    ("convert: not a PyTorch file",
+     _module("aknet_jax.convert", f"--config={CFG}", "--source=tsm",
+             "--checkpoint={tmp}/junk.pth", "--workdir={tmp}/w"),
+     "{tmp}/junk.pth is not a PyTorch checkpoint"),
+    ("convert: missing flag", _module("aknet_jax.convert", f"--config={CFG}", "--source=tsm"),
+     "--checkpoint is required"),
+    ("profile: bad value in the config string",
+     _module("aknet_jax.profile", f"--config={CFG},depth=19"),
+     "config.model.depth: 19 is not one of (18, 34, 50, 101)"),
+    ("profile: unknown field in the config string",
+     _module("aknet_jax.profile", f"--config={CFG},colour=red"),
+     "config string: unknown field 'colour'"),
+    ("profile: bad --batch", _module("aknet_jax.profile", f"--config={CFG}", "--batch=one"),
+     "--batch: 'one' must be integers"),
+    ("sweep: invalid override value",
+     _module("aknet_jax.sweep", f"--config={CFG}", "--config.model.aknet.alpha=2",
+             "--workdir={tmp}/w"),
+     "config.model.aknet.alpha: 2.0 must be in (0, 1]"),
+    ("sweep: missing config file",
+     _module("aknet_jax.sweep", "--config={tmp}/nope.py", "--workdir={tmp}/w"),
+     "--config: cannot load the config file: No such file or directory: '{tmp}/nope.py'"),
+    ("macs: unsupported depth", _module("aknet_jax.macs", "--depth=77"),
+     "config.model.depth: 77 is not one of (18, 34, 50, 101)"),
+    ("macs: alpha out of range", _module("aknet_jax.macs", "--alpha=2"),
+     "config.model.aknet.alpha: 2.0 must be in (0, 1]"),
+    ("data.build: no dataset", _module("aknet_jax.data.build", "--data_dir={tmp}/tfds"),
+     "--dataset is required: one of"),
+    ("data.build: missing manual_dir",
+     _module("aknet_jax.data.build", "--dataset=something_something_v2",
+             "--manual_dir={tmp}/downloads", "--data_dir={tmp}/tfds"),
+     "--manual_dir={tmp}/downloads: no such directory"),
+    ("data.benchmark: missing config file",
+     _module("aknet_jax.data.benchmark", "--config=configs/nope.py"),
+     "--config: cannot load the config file: No such file or directory: 'configs/nope.py'"),
+    ("data.benchmark: dataset not prepared",
+     _module("aknet_jax.data.benchmark", "--config=configs/ssv2.py:data_dir={tmp}",
+             "--num_batches=1"),
+     "dataset something_something_v2 is not prepared in {tmp}: run python -m aknet_jax.data.build"),
+    ("config file not built on base_config",
+     _module("aknet_jax.data.benchmark", "--config={tmp}/bare.py"),
+     "--config: the config lacks field 'aknet'; build config files on "
+     "aknet_jax.config.base_config()"),
+    ("plots: missing sweep CSV",
+     _module("aknet_jax.plots", "--sweep={tmp}/sweep.csv", "--out={tmp}/plot.png"),
+     "No such file or directory: '{tmp}/sweep.csv'"),
+]
+
+
+@pytest.mark.parametrize("argv,expected", [c[1:] for c in OTHER_CLI_CASES],
+                         ids=[c[0] for c in OTHER_CLI_CASES])
+def test_every_cli_reports_bad_input_in_one_line(argv, expected, tmp_path):
+  tmp = str(tmp_path)
+  (tmp_path / "junk.pth").write_text("not a checkpoint")
+  (tmp_path / "bare.py").write_text(
+      "import ml_collections\n\n\ndef get_config():\n"
+      "  return ml_collections.ConfigDict({'model': {'backbone': 'tsm'}})\n")
+  before = sorted(p.name for p in tmp_path.iterdir())
+  out = faultlib.run([a.format(tmp=tmp) for a in argv], dict(os.environ))
+  assert out.returncode == 2, out.stderr[-4000:]
+  assert expected.format(tmp=tmp) in faultlib.error_line(out.stderr)
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_dataset_build_on_a_full_disk_is_one_line_and_leaves_nothing_half_built(tmp_path):
+  data_dir = tmp_path / "tfds"
+  # Past 100 kB the write fails with EFBIG, as on a full disk.
+  python = faultlib.file_size_limit(100_000, die=False, module="aknet_jax.data.build")
+  out = faultlib.run([sys.executable, *python, "--dataset=synthetic_something", "--config=tiny",
+                      f"--data_dir={data_dir}"], dict(os.environ))
+  assert out.returncode == 2, out.stderr[-4000:]
+  line = faultlib.error_line(out.stderr)
+  assert f"writing synthetic_something under {data_dir} failed" in line
+  assert "File too large" in line and "free space there" in line
+  built = data_dir / "synthetic_something" / "tiny"
+  assert not built.exists() or not any(built.iterdir())
