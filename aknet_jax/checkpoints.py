@@ -163,15 +163,7 @@ class StageCheckpoints:
     return self.periodic.latest_step()
 
   def _read_meta(self, step: int) -> dict:
-    where = f"{self.directory}/{step}"
-    if not os.path.exists(os.path.join(self.directory, str(step), COMMIT_FILE)):
-      raise CorruptCheckpointError(f"checkpoint {where} is incomplete (no {COMMIT_FILE})")
-    try:
-      out = self.periodic.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-      meta = dict(out.meta)
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f"checkpoint {where}: meta unreadable ({_first_line(e)})") from e
-    return meta
+    return read_meta(os.path.join(self.directory, str(step)))
 
   def check_meta(self, step: int, check: Callable[[dict, str], None]):
     """Runs `check(meta, where)` on a step's meta, cheaply, before any model is built; a step
@@ -337,6 +329,21 @@ def read_variables(directory: str, step: int) -> tuple[dict, dict]:
   meta = dict(out.meta)
   _verify(variables, meta, "variables", where)
   return variables, meta
+
+
+def read_meta(path: str) -> dict:
+  """The meta item of the checkpoint at `path` (resolved as `find_checkpoint` does), arrays unread."""
+  directory, step = find_checkpoint(path)
+  where = f"{directory}/{step}"
+  if not os.path.exists(os.path.join(directory, str(step), COMMIT_FILE)):
+    raise CorruptCheckpointError(f"cannot read checkpoint {where}: incomplete (no {COMMIT_FILE})")
+  mngr = _manager(directory, keep=1_000_000, best=False, read_only=True)
+  try:
+    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(f"checkpoint {where}: meta unreadable ({_first_line(e)})") from e
+  finally:
+    mngr.close()
 
 
 def load_variables(path: str) -> tuple[dict, dict, str, int]:

@@ -93,6 +93,19 @@ def initial_variables(config, workdir: str, stage: str, rng):
   return flax.core.unfreeze(models.compact(loaded, config, rng))
 
 
+def classifier_is_new(config) -> bool:
+  """Whether stage 1 starts its classifier from scratch: TSM's `fc_lr5` (×5 weight / ×10 bias lr).
+
+  True without `init_from`, from a backbone-only (ImageNet) checkpoint, or from a converted one
+  whose classifier was replaced (--drop_classifier); false from a trained classifier.
+  """
+  if not config.init_from:
+    return True
+  meta = checkpoints.read_meta(config.init_from)
+  return bool(meta.get("backbone_only")) or (
+      meta.get("converted_from", {}).get("classifier") == "fresh")
+
+
 def _write_json(path: str, obj):
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -153,14 +166,22 @@ def train_stage(config, workdir: str, stage: str) -> dict:
   if stage == "1" and latest == 0:
     # Training never saves step 0: it is a converted PyTorch checkpoint, where stage 1 starts.
     cfg.init_from, latest = os.path.join(sdir, "checkpoints", "0"), None
-  check = lambda meta, where: checkpoints.check_architecture(meta, cfg, stage, where)  # noqa: E731
+  resumed_meta = {}
+
+  def check(meta, where):
+    checkpoints.check_architecture(meta, cfg, stage, where)
+    resumed_meta.update(meta)
+
   if latest is not None:
     ckpts.check_meta(latest, check)  # Fails at once for another config, before any model init.
   # Stage 2 builds from stage 1 only when it has no checkpoint of its own to resume.
   variables = (initial_variables(cfg, workdir, stage, rng) if latest is None
                else flax.core.unfreeze(models.init_variables(cfg, rng)))
+  new_classifier = resumed_meta.get("new_classifier")
+  if new_classifier is None:
+    new_classifier = stage == "1" and classifier_is_new(cfg)
   tx, schedule = optim.create_optimizer(cfg, variables["params"], num_steps,
-                                        new_classifier=stage == "1" and not cfg.init_from)
+                                        new_classifier=new_classifier)
   state = steps.create_state(model, variables, tx)
   arch = checkpoints.architecture(cfg, stage)
   if latest is not None:
@@ -199,8 +220,8 @@ def train_stage(config, workdir: str, stage: str) -> dict:
     # Orbax writes host arrays from process 0 only: every process must hold the same values.
     distributed.check_processes_agree(steps.variables_of(host_state),
                                       f"stage {stage} step {step} variables")
-    ckpts.save(step, host_state, {"architecture": arch, "step": step, "data_batches": step},
-               top1=top1)
+    ckpts.save(step, host_state, {"architecture": arch, "step": step, "data_batches": step,
+                                  "new_classifier": new_classifier}, top1=top1)
 
   for step in range(start + 1, num_steps + 1):
     batch = next(train_iter)

@@ -180,15 +180,16 @@ def test_stage1_in_a_converted_workdir_starts_from_the_converted_weights(tsm, ti
   started = []
 
   def create_optimizer(config, params, *a, **kw):
-    started.append((config.init_from, params))
+    started.append((config.init_from, params, kw["new_classifier"]))
     raise _Started
 
   monkeypatch.setattr(train.optim, "create_optimizer", create_optimizer)
   cfg = load_config("synthetic", f"{TINY64},stage=both,data_dir={tiny_data_dir}")
   with pytest.raises(_Started):
     train.train_and_evaluate(cfg, workdir)
-  init_from, params = started[0]
+  init_from, params, new_classifier = started[0]
   assert init_from == os.path.join(workdir, "stage1", "checkpoints", "0")
+  assert not new_classifier  # A trained classifier: no x5 / x10 lr (TSM's fc_lr5 off).
   want, _ = _variables(os.path.join(converted, "stage1", "checkpoints", "0"))
   _assert_trees_equal(jax.tree_util.tree_map(np.asarray, params), want["params"])
 
@@ -209,6 +210,7 @@ def test_torchvision_imagenet_file_initialises_the_backbone_only(tmp_path):
   with cfg.unlocked():
     cfg.init_from, cfg.dataset.num_classes = str(tmp_path / "imagenet"), 5
   init = train.initial_variables(cfg, str(tmp_path / "run"), "1", jax.random.PRNGKey(0))
+  assert train.classifier_is_new(cfg)  # TSM's fc_lr5 from ImageNet: new_fc at x5 / x10 lr.
   np.testing.assert_array_equal(init["params"]["backbone"]["layer2_0"]["conv2"]["kernel"],
                                 net.layer2[0].conv2.weight.detach().numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(init["batch_stats"]["backbone"]["bn1"]["var"],

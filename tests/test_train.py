@@ -124,6 +124,10 @@ def test_resume_continues_from_the_saved_step_with_identical_results(tiny_data_d
   monkeypatch.setattr(pipeline, "create_train_iterator", interrupted)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  # The classifier's lr multipliers are those the run started with (stored in the checkpoint):
+  # resuming needs no init_from checkpoint any more, even a vanished one.
+  with cfg.unlocked():
+    cfg.init_from = str(tmp_path / "deleted_imagenet_weights")
   train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
   assert seen == [0, 2]  # The second run resumed at the step-2 checkpoint's data position.
   step_a, a = _final_params(str(tmp_path / "straight"))
