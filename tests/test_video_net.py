@@ -173,11 +173,16 @@ _PMAP_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from aknet_jax import config as config_lib
     from aknet_jax.models.video_net import VideoNet
+    import sys
     assert jax.local_device_count() == 2, jax.devices()
+    backbone = sys.argv[1]
     c = config_lib.base_config()
-    c.model.backbone, c.model.depth, c.model.width, c.model.dropout = "tsm", 18, 8, 0.0
+    c.model.backbone, c.model.width, c.model.dropout = backbone, 8, 0.0
+    c.model.depth = 50 if backbone == "tdn" else 18  # TDN's mSE lives in bottleneck blocks.
     c.dataset.num_segments, c.dataset.num_classes = 3, 5
-    frames = jax.random.normal(jax.random.key(0), (4, 3, 32, 32, 3))
+    c.dataset.frames_per_segment = L = 5 if backbone == "tdn" else 1
+    S = 64 if backbone == "tdn" else 32  # TDN's stem downsamples 4x more before res2.
+    frames = jax.random.normal(jax.random.key(0), (4, 3 * L, S, S, 3))
     key = jax.random.key(1, impl="rbg")  # Compiles faster than threefry on CPU.
     variables = jax.jit(lambda x: VideoNet(c).init(key, x, train=False))(frames)
 
@@ -194,22 +199,32 @@ _PMAP_SCRIPT = textwrap.dedent("""
     single = jax.jit(lambda v, x: step(v, x, None))(variables, frames)
     rep = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), variables)
     p_step = jax.pmap(lambda v, x: step(v, x, "batch"), axis_name="batch")
-    multi = p_step(rep, frames.reshape(2, 2, 3, 32, 32, 3))
+    multi = p_step(rep, frames.reshape(2, 2, 3 * L, S, S, 3))
     # Cross-replica BN: the 2 devices x 2 clips normalise with the global batch statistics.
     np.testing.assert_allclose(np.asarray(multi[0]).reshape(4, 5), single[0], rtol=1e-4, atol=1e-4)
     for a, b in zip(jax.tree_util.tree_leaves(multi[1]), jax.tree_util.tree_leaves(single[1])):
       np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)
       np.testing.assert_array_equal(a[0], a[1])
-    # pmean of per-device grads of a per-device mean = grad of the global mean (equal halves).
-    for a, b in zip(jax.tree_util.tree_leaves(multi[2]), jax.tree_util.tree_leaves(single[2])):
-      np.testing.assert_allclose(a[0], b, rtol=2e-3, atol=1e-5)
+    # pmean of per-device grads of a per-device mean = grad of the global mean (equal halves),
+    # up to float32 rounding. Deep BN stacks (TDN-50) make some gradients ill-conditioned, so the
+    # yardstick is the same single-device step on the clips in another order (exact in reals).
+    reordered = jax.jit(lambda v, x: step(v, x, None))(variables, frames[jnp.array([2, 3, 0, 1])])
+    scale = 1e-2 * max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(single[2]))
+    def worst(grads, strip):
+      return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+          lambda a, b: float(np.max(np.abs(strip(a) - b)) / max(np.max(np.abs(b)), scale)),
+          grads, single[2])))
+    pmapped, rounding = worst(multi[2], lambda a: a[0]), worst(reordered[2], lambda a: a)
+    print("worst leaf difference: pmap", pmapped, "reordered batch", rounding)
+    assert pmapped <= 3 * rounding + 1e-5, (pmapped, rounding)
     print("PMAP_OK")
 """)
 
 
-def test_pmap_with_cross_replica_batch_norm():
+@pytest.mark.parametrize("backbone", ["tsm", "tdn"])
+def test_pmap_with_cross_replica_batch_norm(backbone):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  result = subprocess.run([sys.executable, "-c", _PMAP_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run([sys.executable, "-c", _PMAP_SCRIPT, backbone], env=env,
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0 and "PMAP_OK" in result.stdout, result.stderr[-3000:]
