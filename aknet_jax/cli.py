@@ -1,9 +1,9 @@
 """What every command line does with bad input: one `error: ...` line on stderr, a non-zero exit.
 
 `app.run(main, flags_parser=cli.parse_flags)` reports flag and config-file errors (a missing
-config file, an unknown field, a field `config.validate` rejects) that way, and `cli.call(work, ...)` reports
-user errors and faults (ValueError, OSError, FloatingPointError, TensorFlow's data errors) and
-preemption. `--verbosity=1` also logs the traceback.
+config file, an unknown field, a field `config.validate` rejects, a stray argument) that way, and
+`cli.call(work, ...)` reports user errors and faults (ValueError, OSError, FloatingPointError,
+TensorFlow's data errors) and preemption. `--verbosity=1` also logs the traceback.
 """
 
 from __future__ import annotations
@@ -61,11 +61,16 @@ def _config_error(e: BaseException, argv: list[str]) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, config-file loading and config validation, with one-line errors."""
+  """absl flag parsing, config-file loading and config validation, with one-line errors.
+
+  Our command lines take flags only: a positional argument is an error too.
+  """
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  (config files raise anything)
     fail(one_line(_config_error(e, argv)))
+  if len(rest) > 1:
+    fail(f"unexpected arguments: {' '.join(rest[1:])} (flags take the form --name=value)")
   for name in list(flags.FLAGS):
     try:  # A config file that failed to load raises OSError on any attribute access.
       value = flags.FLAGS[name].value
@@ -78,8 +83,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       except ValueError as e:
         fail(one_line(str(e)))
       except (AttributeError, KeyError) as e:
-        fail(f"--{name}: the config lacks field '{str(e).strip(chr(39) + chr(34) + ' ')}'; build "
-             "config files on "
+        field = str(e).strip("'\" ")
+        fail(f"--{name}: the config lacks field '{field}'; build config files on "
              "aknet_jax.config.base_config() (see configs/synthetic.py)")
   return rest
 

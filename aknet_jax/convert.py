@@ -396,9 +396,8 @@ def _define_flags():
 
 
 def main(argv):
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   args = flags.FLAGS
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
   for name in ("source", "checkpoint", "config", "workdir"):
     if getattr(args, name) is None:
       cli.fail(f"--{name} is required (python -m aknet_jax.convert --help)")

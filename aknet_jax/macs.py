@@ -74,8 +74,7 @@ def table(**kwargs) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   print(cli.call(table, depth=FLAGS.depth, width=FLAGS.width, frames=FLAGS.frames,
                  image_size=FLAGS.image_size, split=FLAGS.split, alpha=FLAGS.alpha,
                  rank=FLAGS.rank, num_classes=FLAGS.num_classes))

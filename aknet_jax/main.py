@@ -28,8 +28,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   if not FLAGS.workdir:
     cli.fail("--workdir is required (where checkpoints and results.json go)")
   if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):

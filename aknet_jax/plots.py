@@ -177,8 +177,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   if not FLAGS.out or bool(FLAGS.per_class) == bool(FLAGS.sweep):
     cli.fail("give --out=FILE.png and exactly one of --per_class=JSON or --sweep=CSV")
   cli.call(_draw)

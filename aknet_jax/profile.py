@@ -418,8 +418,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   try:
     batches = [int(b) for b in FLAGS.batch]
   except ValueError:

@@ -232,8 +232,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   if not FLAGS.workdir:
     cli.fail("--workdir is required (a run's workdir; the sweep writes WORKDIR/sweep/)")
   try:

@@ -54,8 +54,7 @@ def measure(config, mode: str = "train", num_batches: int = 60, warmup: int = 5)
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   config = _CONFIG.value
   if config is None:
     cli.fail("--config is required, e.g. --config=configs/synthetic.py")

@@ -69,8 +69,7 @@ def _print_report(report: dict):
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+  del argv  # Flags only (cli.parse_flags rejects the rest).
   if not _DATASET.value:
     cli.fail(f"--dataset is required: one of {sorted(builders.BUILDERS)}")
   logs.quiet_libraries()
