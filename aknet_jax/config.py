@@ -244,9 +244,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if m.backbone == "tdn":  # Checked again by the model, after the slow imports.
     _check(m.depth in (50, 101), "model.depth",
            f"{m.depth!r}, but backbone 'tdn' needs a bottleneck ResNet (50 or 101)")
-    _check(d.image_size >= 64, "dataset.image_size",
-           f"{d.image_size!r} is too small for backbone 'tdn' (its mSE pools the 1/32 map by 2): "
-           "use >= 64")
   _check(d.resize_short >= d.image_size, "dataset.resize_short",
          f"{d.resize_short!r} must be >= dataset.image_size ({d.image_size})")
   _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size!r} must be >= 1")
