@@ -196,7 +196,8 @@ _PMAP_SCRIPT = textwrap.dedent("""
         grads = jax.lax.pmean(grads, axis_name)
       return logits, stats, grads
 
-    single = jax.jit(lambda v, x: step(v, x, None))(variables, frames)
+    one_device = jax.jit(lambda v, x: step(v, x, None))
+    single = one_device(variables, frames)
     rep = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), variables)
     p_step = jax.pmap(lambda v, x: step(v, x, "batch"), axis_name="batch")
     multi = p_step(rep, frames.reshape(2, 2, 3 * L, S, S, 3))
@@ -208,7 +209,7 @@ _PMAP_SCRIPT = textwrap.dedent("""
     # pmean of per-device grads of a per-device mean = grad of the global mean (equal halves),
     # up to float32 rounding. Deep BN stacks (TDN-50) make some gradients ill-conditioned, so the
     # yardstick is the same single-device step on the clips in another order (exact in reals).
-    reordered = jax.jit(lambda v, x: step(v, x, None))(variables, frames[jnp.array([2, 3, 0, 1])])
+    reordered = one_device(variables, frames[jnp.array([2, 3, 0, 1])])
     scale = 1e-2 * max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(single[2]))
     def worst(grads, strip):
       return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
