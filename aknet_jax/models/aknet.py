@@ -15,6 +15,7 @@ import ml_collections
 from aknet_jax.models import keypoints
 from aknet_jax.models import resnet
 from aknet_jax.models.backbone import VideoBackbone
+from aknet_jax.models.batch_norm import BatchNorm
 from aknet_jax.models.heatmap import SEHeatmap
 from aknet_jax.models.point_net import PointNet
 from aknet_jax.models.transform_net import TransformNet
@@ -35,7 +36,7 @@ class AuxHead(nn.Module):
     b, t, h, w, c = x.shape
     conv = functools.partial(nn.Conv, c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                              use_bias=False, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype,
                              use_fast_variance=False)
     y = x.reshape(b * t, h, w, c).astype(self.dtype)

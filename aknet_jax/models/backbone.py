@@ -14,6 +14,7 @@ import ml_collections
 
 from aknet_jax.models import resnet
 from aknet_jax.models import tdn
+from aknet_jax.models.batch_norm import BatchNorm
 
 BACKBONES = ("tsn", "tsm", "tdn")
 
@@ -69,7 +70,7 @@ class VideoBackbone(nn.Module):
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
     conv = functools.partial(nn.Conv, use_bias=m.backbone == "tdn", dtype=dtype,
                              kernel_init=resnet.conv_kernel_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train or m.partial_bn,
+    norm = functools.partial(BatchNorm, use_running_average=not train or m.partial_bn,
                              momentum=m.bn_momentum, epsilon=1e-5, dtype=dtype,
                              axis_name=self.bn_axis_name, use_fast_variance=False)
     stem_norm = functools.partial(norm, use_running_average=not train)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aknet_jax.models.batch_norm import BatchNorm
+
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -76,7 +78,7 @@ class PointNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     conv = functools.partial(_conv1d, use_bias=self.use_bias, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype,
                              use_fast_variance=False)
     block = Bottleneck1D if self.bottleneck else BasicBlock1D

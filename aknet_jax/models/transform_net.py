@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aknet_jax.models.batch_norm import BatchNorm
+
 MODES = ("full", "lowrank", "none")
 
 
@@ -41,7 +43,7 @@ class TransformNet(nn.Module):
     c3 = c + 3
     conv = functools.partial(nn.Conv, kernel_size=(1,), dtype=self.dtype)
     dense = functools.partial(nn.Dense, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype,
                              use_fast_variance=False)
     p = jnp.concatenate([s.astype(self.dtype), d.astype(self.dtype)], axis=-1)
