@@ -66,3 +66,12 @@ def test_init_and_eval_leave_the_running_statistics_alone():
   np.testing.assert_array_equal(v["batch_stats"]["mean"], np.zeros(3))
   _, updates = bn.apply(v, x, use_running_average=True, mutable=["batch_stats"])
   np.testing.assert_array_equal(updates["batch_stats"]["var"], np.ones(3))
+
+
+def test_a_single_value_per_channel_keeps_the_running_variance_finite():
+  """One clip on one device (PyTorch refuses it): no 0 / 0, the running variance only decays."""
+  bn = BatchNorm(momentum=0.9, epsilon=1e-5)
+  x = jnp.ones((1, 4))
+  v = bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  _, updates = bn.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+  np.testing.assert_allclose(updates["batch_stats"]["var"], np.full(4, 0.9), rtol=1e-6)

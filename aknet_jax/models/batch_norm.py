@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax.linen import module as flax_module
 
 
@@ -33,5 +34,7 @@ class BatchNorm(nn.BatchNorm):
         n = n * jax.lax.psum(1, self.axis_name, axis_index_groups=self.axis_index_groups)
       after = self.get_variable("batch_stats", "var")
       # after = m * before + (1 - m) * biased; PyTorch puts biased * n / (n - 1) in its place.
-      self.put_variable("batch_stats", "var", after + (after - self.momentum * before) / (n - 1))
+      # (n = 1, which PyTorch refuses: the biased variance, 0, is kept rather than 0 / 0.)
+      self.put_variable("batch_stats", "var",
+                        after + (after - self.momentum * before) / jnp.maximum(n - 1, 1))
     return y
