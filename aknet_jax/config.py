@@ -1,8 +1,9 @@
 """Experiment configuration: the base config, config-string variants and validation.
 
 Every `configs/<dataset>.py` starts from `base_config()`, sets its dataset and recipe, and applies
-the user's config string (`configs/ssv2.py:backbone=tsm,stage=2`) with `apply_config_string`.
-`validate(config)` turns every bad field into one `ValueError` line naming the field.
+the user's config string (`configs/ssv2.py:backbone=tsm,stage=2`) with the variants it declares
+(`apply_variants`); any field is also `--config.FIELD=VALUE`. `validate(config)` is the one place
+that checks fields: every bad one becomes one `ValueError` line naming it.
 """
 
 from __future__ import annotations
@@ -16,34 +17,6 @@ TRANSFORM_MODES = ("full", "lowrank", "none")
 STAGES = ("1", "2", "both")
 OPTIMIZERS = ("sgd", "adam")
 LR_POLICIES = ("tsm", "uniform")
-
-# Short names accepted in config strings, mapped to their full field paths.
-SHORTHANDS = {
-    "backbone": "model.backbone",
-    "depth": "model.depth",
-    "width": "model.width",
-    "dropout": "model.dropout",
-    "split": "model.aknet.split",
-    "alpha": "model.aknet.alpha",
-    "tau": "model.aknet.tau",
-    "transform": "model.aknet.transform_mode",
-    "transform_mode": "model.aknet.transform_mode",
-    "rank": "model.aknet.transform_rank",
-    "transform_rank": "model.aknet.transform_rank",
-    "segments": "dataset.num_segments",
-    "frames": "dataset.num_segments",
-    "image_size": "dataset.image_size",
-    "data_dir": "dataset.data_dir",
-    "batch": "train.batch_size",
-    "batch_size": "train.batch_size",
-    "steps": "train.num_steps",
-    "num_steps": "train.num_steps",
-    "epochs": "train.num_epochs",
-    "lr": "train.learning_rate",
-    "seed": "train.seed",
-    "bf16": "half_precision",
-}
-
 
 def base_config() -> ml_collections.ConfigDict:
   """Every field a run reads, with the TSM Something-Something recipe as defaults."""
@@ -126,66 +99,78 @@ def _coerce(value: str, current):
     if low in ("0", "false", "no", "off"):
       return False
     raise ValueError(f"expected true/false, got {value!r}")
-  if isinstance(current, int):
-    return int(value)
-  if isinstance(current, float):
-    return float(value)
+  if isinstance(current, (int, float)):
+    return type(current)(value)
   if isinstance(current, tuple):
     return tuple(type(current[0])(v) if current else float(v) for v in value.split("+") if v)
   return value
 
 
-def apply_config_string(config: ml_collections.ConfigDict, arg: str | None,
-                        presets: dict | None = None) -> ml_collections.ConfigDict:
-  """Applies `key=value,key=value` (keys: full dotted paths, shorthands, or presets).
+def set_backbone(c: ml_collections.ConfigDict, name: str):
+  """`backbone=NAME`: the backbone and what its recipe changes with it: TDN reads 5 frames per
+  segment and applies no lr/wd multipliers."""
+  c.model.backbone = name
+  c.dataset.frames_per_segment = frames_per_segment(name)
+  c.train.lr_policy = "uniform" if name == "tdn" else "tsm"
 
-  `presets` maps a bare word (e.g. 'tiny') or a `key=value` pair to a callable that edits the
-  config; it runs before the plain assignments so those can refine it.
-  """
-  if not arg:
-    return config
-  presets = presets or {}
-  items = [s.strip() for s in arg.split(",") if s.strip()]
-  plain = []
-  for item in items:
-    if item in presets:
-      presets[item](config)
-    elif "=" not in item:
-      raise ValueError(f"config string item {item!r} is not key=value; "
-                       f"presets: {sorted(k for k in presets if '=' not in k)}")
+
+def frames_per_segment(backbone: str) -> int:
+  """Frames the loader reads per segment: TDN takes 5 consecutive ones (its RGB-difference stem)."""
+  return 5 if backbone == "tdn" else 1
+
+
+# The variants every dataset config declares: config-string key -> the field it sets (or a
+# function (config, value) for a key that sets several). Any other field: --config.FIELD=VALUE.
+MODEL_VARIANTS = {
+    "backbone": set_backbone,
+    "stage": "stage",
+    "depth": "model.depth",
+    "split": "model.aknet.split",
+    "alpha": "model.aknet.alpha",
+    "transform": "model.aknet.transform_mode",
+    "rank": "model.aknet.transform_rank",
+    "segments": "dataset.num_segments",
+    "image_size": "dataset.image_size",
+    "init_from": "init_from",
+    "data_dir": "dataset.data_dir",
+    "bf16": "half_precision",
+}
+
+
+def _field(config: ml_collections.ConfigDict, path: str):
+  *heads, leaf = path.split(".")
+  parent = config
+  for h in heads:
+    parent = parent[h]
+  return parent, leaf
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
+                   variants: dict) -> ml_collections.ConfigDict:
+  """Applies a config string `key=value,word,...` left to right with the variants a config file
+  declares: a field path (the value takes the field's type), a function (config, value), or, for a
+  bare word, a function (config)."""
+  for item in (s.strip() for s in (arg or "").split(",")):
+    if not item:
+      continue
+    key, _, value = (p.strip() for p in item.partition("="))
+    target = variants.get(key)
+    if target is None:
+      raise ValueError(f"config string: unknown field {key!r}: this config's variants are "
+                       f"{sorted(variants)}; set any other field with --config.FIELD=VALUE")
+    if "=" not in item:
+      if isinstance(target, str) or target.__code__.co_argcount != 1:
+        raise ValueError(f"config string item {key!r} is not key=value")
+      target(config)
+    elif isinstance(target, str):
+      parent, leaf = _field(config, target)
+      try:
+        parent[leaf] = _coerce(value, parent[leaf])
+      except ValueError as e:
+        raise ValueError(f"config string: bad value for {target}: {e}") from None
     else:
-      plain.append(item)
-  for item in plain:
-    key, value = (s.strip() for s in item.split("=", 1))
-    path = SHORTHANDS.get(key, key)
-    if f"{key}={value}" in presets:
-      presets[f"{key}={value}"](config)
-    parent = config
-    *heads, leaf = path.split(".")
-    try:
-      for h in heads:
-        parent = parent[h]
-      current = parent[leaf]
-    except (KeyError, AttributeError):
-      raise ValueError(f"config string: unknown field {key!r}; use a field path such as "
-                       f"model.backbone or one of {sorted(SHORTHANDS)}") from None
-    try:
-      parent[leaf] = _coerce(value, current)
-    except ValueError as e:
-      raise ValueError(f"config string: bad value for {path}: {e}") from None
+      target(config, value)
   return config
-
-
-def _set_backbone(name: str):
-  """Preset for `backbone=NAME`: the per-backbone recipe differences (reference §5)."""
-  def apply(c):
-    c.model.backbone = name
-    c.dataset.frames_per_segment = 5 if name == "tdn" else 1
-    c.train.lr_policy = "uniform" if name == "tdn" else "tsm"  # TDN applies no lr/wd multipliers.
-  return apply
-
-
-BACKBONE_PRESETS = {f"backbone={b}": _set_backbone(b) for b in BACKBONES}
 
 
 def something_something_recipe(c: ml_collections.ConfigDict):
@@ -203,12 +188,10 @@ def something_something_recipe(c: ml_collections.ConfigDict):
 
 
 def finish(c: ml_collections.ConfigDict, arg: str | None,
-           presets: dict | None = None) -> ml_collections.ConfigDict:
-  """Applies the config string (backbone presets included) and validates."""
-  all_presets = dict(BACKBONE_PRESETS)
-  all_presets.update(presets or {})
-  _set_backbone(c.model.backbone)(c)
-  apply_config_string(c, arg, all_presets)
+           variants: dict | None = None) -> ml_collections.ConfigDict:
+  """Sets the backbone's recipe, applies the config string with `variants` and validates."""
+  set_backbone(c, c.model.backbone)
+  apply_variants(c, arg, variants if variants is not None else MODEL_VARIANTS)
   return validate(c)
 
 
@@ -236,12 +219,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(a.reg_weight >= 0, "model.aknet.reg_weight", f"{a.reg_weight!r} must be >= 0")
   _check(d.num_classes >= 2, "dataset.num_classes", f"{d.num_classes!r} must be >= 2")
   _check(d.num_segments >= 1, "dataset.num_segments", f"{d.num_segments!r} must be >= 1")
-  want_l = 5 if m.backbone == "tdn" else 1
+  want_l = frames_per_segment(m.backbone)
   _check(d.frames_per_segment == want_l, "dataset.frames_per_segment",
-         f"{d.frames_per_segment!r} but backbone {m.backbone!r} takes {want_l} frame(s) per segment")
+         f"{d.frames_per_segment!r}, but backbone {m.backbone!r} takes {want_l} frame(s) per segment")
   _check(d.image_size >= 32 and d.image_size % 32 == 0, "dataset.image_size",
          f"{d.image_size!r} must be a multiple of 32 (the backbone's total stride), e.g. 224")
-  if m.backbone == "tdn":  # Checked again by the model, after the slow imports.
+  if m.backbone == "tdn":
     _check(m.depth in (50, 101), "model.depth",
            f"{m.depth!r}, but backbone 'tdn' needs a bottleneck ResNet (50 or 101)")
   _check(d.resize_short >= d.image_size, "dataset.resize_short",

@@ -64,7 +64,7 @@ def _torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
 
 
 def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
-  """Torch layout -> Flax layout (reference doc 1.5)."""
+  """Torch layout -> Flax layout: conv OIHW -> HWIO, linear (out, in) -> (in, out)."""
   if kind == "kernel" and value.ndim == 4:
     return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
   if kind == "kernel" and value.ndim == 2:
@@ -184,7 +184,7 @@ def imagenet_to_variables(state_dict: Mapping[str, Any], config) -> dict:
   The classifier is dropped; temporal modules, `new_fc` and TDN's conv biases are absent from the
   result (they keep their fresh init). For TDN, `resnext_layer1` is a copy of `layer1` and `conv1_5`
   is `conv1` averaged over RGB and repeated over the 12 difference channels, as TDN starts from
-  ImageNet (reference doc 3.7).
+  ImageNet (its `conv1_5` starts as the stem averaged over RGB).
   """
   expected = _expected(config)
   wanted = {n: e for n, e in expected.items() if _IMAGENET.match(n)}

@@ -43,17 +43,18 @@ def main(argv):
 
 def _run():
   # Imported here so that --help and flag errors stay fast.
-  from aknet_jax import distributed, logs, train  # pylint: disable=g-import-not-at-top
+  from aknet_jax import distributed, logs  # pylint: disable=g-import-not-at-top
+  from aknet_jax.train import stages  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info("JAX process %d/%d, local devices: %s", *distributed.describe())
   if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    stages.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == "predict":
     from aknet_jax import predict  # pylint: disable=g-import-not-at-top
     predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.video)
   else:
-    train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    stages.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Diving48 (V2 labels): Adam 5e-4, 45 epochs, x0.1 at 20/40, horizontal flip (label-preserving).
 
-Variants: `configs/diving48.py:backbone=tdn` (see aknet_jax/config.py SHORTHANDS).
+Variants (`config.MODEL_VARIANTS`): `configs/diving48.py:backbone=tdn`; any field:
+`--config.FIELD=VALUE`.
 """
 
 from aknet_jax import config as config_lib

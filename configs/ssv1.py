@@ -1,6 +1,7 @@
 """Something-Something V1 (JPEG frames, 100 px tall): the AK-Net paper's recipe.
 
-Variants: `configs/ssv1.py:backbone=tdn,stage=2` (see aknet_jax/config.py SHORTHANDS).
+Variants (`config.MODEL_VARIANTS`): `configs/ssv1.py:backbone=tdn,stage=2`; any field:
+`--config.FIELD=VALUE`.
 """
 
 from aknet_jax import config as config_lib

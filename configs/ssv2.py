@@ -1,6 +1,7 @@
 """Something-Something V2: the AK-Net paper's recipe on TSM (default), TDN or TSN.
 
-Variants: `configs/ssv2.py:backbone=tdn,stage=2,alpha=0.5` (see aknet_jax/config.py SHORTHANDS).
+Variants (`config.MODEL_VARIANTS`): `configs/ssv2.py:backbone=tdn,stage=2,alpha=0.5`; any field:
+`--config.FIELD=VALUE`.
 """
 
 from aknet_jax import config as config_lib

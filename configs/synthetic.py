@@ -1,10 +1,11 @@
-"""synthetic_something: the laptop benchmark (design.md §3), both stages in minutes on a CPU.
+"""synthetic_something: the laptop benchmark, both stages in minutes on a CPU.
 
 A TSM ResNet-18 of base width 16 on 8 x 64² frames; 8 motion classes in time-reversal pairs.
 AK-Net splits after res3 with alpha 0.1: at 64² the res4 map is 4x4 cells of 16 px, too coarse for a
 ~10 px target (res4, alpha 0.3 costs more MACs than res5 it replaces and only doubles the chance
 rate of landing on the target; res3, alpha 0.1 saves 12 % of the MACs and lands ~9x chance).
-Variants: `configs/synthetic.py:backbone=tsn` (the time-reversal ceiling), `tiny` (CI-sized).
+Variants (`VARIANTS`): `configs/synthetic.py:backbone=tsn` (the time-reversal ceiling), `tiny`
+(CI-sized), `tiny,stage=1,steps=8`; any field: `--config.FIELD=VALUE`.
 """
 
 from aknet_jax import config as config_lib
@@ -24,6 +25,17 @@ def _tiny(c):
   c.train.checkpoint_every_steps = 2
   c.eval.batch_size = 4
   c.eval.num_keypoint_images = 2
+
+
+VARIANTS = {
+    **config_lib.MODEL_VARIANTS,
+    "tiny": _tiny,
+    "width": "model.width",
+    "dropout": "model.dropout",
+    "batch": "train.batch_size",
+    "steps": "train.num_steps",
+    "seed": "train.seed",
+}
 
 
 def get_config(arg=None):
@@ -55,4 +67,4 @@ def get_config(arg=None):
   c.train.checkpoint_every_steps = 200
   c.train.log_every_steps = 50
   c.eval.batch_size = 32
-  return config_lib.finish(c, arg, presets={"tiny": _tiny})
+  return config_lib.finish(c, arg, VARIANTS)

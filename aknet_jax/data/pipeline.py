@@ -89,6 +89,11 @@ def _open(config: ml_collections.ConfigDict, split: str) -> _Dataset:
   return _Dataset(source, has_masks)
 
 
+def class_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The dataset's class names, from its TFDS `ClassLabel` feature."""
+  return list(_builder(config).info.features["label"].names)
+
+
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   """Number of examples of `split` of the configured dataset (prepares synthetic data if needed)."""
   builder = _builder(config)

@@ -1,4 +1,4 @@
-"""`synthetic_something`: a generated video benchmark that needs temporal reasoning (design.md §3).
+"""`synthetic_something`: a generated video benchmark that needs temporal reasoning.
 
 Each clip: a cluttered static background, 2-4 distractor shapes moving at random, and one small
 two-coloured pinwheel (the target, ~8-12 px at 64x64) whose motion defines the class. The 8 classes

@@ -1,6 +1,8 @@
 """Flax models: ResNet video backbones (TSN / TSM / TDN), the TSN classifier and AK-Net.
 
-`build(config)` is the single entry point: the plain video classifier for stage 1, AK-Net otherwise.
+The config stops here. `fields(config, kind)` reads the plain fields a model of `kind` is built
+from (the architecture a checkpoint records), `from_fields` builds the linen module, and
+`build(config, kind)` does both. Every module below takes plain fields and never sees a config.
 """
 
 from __future__ import annotations
@@ -13,20 +15,72 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from aknet_jax.models import compaction
 from aknet_jax.models import resnet
 from aknet_jax.models.aknet import AKNet
-from aknet_jax.models.compaction import compact
+from aknet_jax.models.backbone import VideoBackbone
 from aknet_jax.models.video_net import VideoNet
 
-__all__ = ["AKNet", "VideoNet", "build", "compact", "feature_grid", "feature_stride", "gmacs",
-           "init_variables", "input_shape", "param_count", "variable_shapes"]
+__all__ = ["AKNet", "KINDS", "VideoBackbone", "VideoNet", "build", "compact", "feature_grid",
+           "feature_stride", "fields", "from_fields", "gmacs", "init_variables", "input_shape",
+           "param_count", "variable_shapes"]
+
+# Each factory field and the config path it is read from (also how errors name it).
+_BACKBONE_FIELDS = {
+    "backbone": "model.backbone", "depth": "model.depth", "width": "model.width",
+    "num_segments": "dataset.num_segments", "shift_div": "model.shift_div",
+    "partial_bn": "model.partial_bn", "bn_momentum": "model.bn_momentum",
+    "half_precision": "half_precision",
+}
+_CLASSIFIER_FIELDS = {"num_classes": "dataset.num_classes", "dropout": "model.dropout"}
+_AKNET_FIELDS = {
+    "split": "model.aknet.split", "alpha": "model.aknet.alpha", "tau": "model.aknet.tau",
+    "transform_mode": "model.aknet.transform_mode",
+    "transform_rank": "model.aknet.transform_rank", "se_reduction": "model.aknet.se_reduction",
+}
+FIELD_PATHS = {
+    "backbone": _BACKBONE_FIELDS,
+    "video_net": {**_BACKBONE_FIELDS, **_CLASSIFIER_FIELDS},
+    "aknet": {**_BACKBONE_FIELDS, **_CLASSIFIER_FIELDS, **_AKNET_FIELDS},
+}
+KINDS = tuple(FIELD_PATHS)
+# The fields that set variable shapes: variables restore only into a model with equal values.
+SHAPE_FIELDS = ("backbone", "depth", "width", "num_classes", "num_segments", "split",
+                "transform_mode", "transform_rank", "se_reduction")
 
 
-def build(config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None) -> nn.Module:
-  """VideoNet (backbone + TSN consensus) for stage '1', AKNet for stages '2' and 'both'."""
-  if str(config.stage) == "1":
-    return VideoNet(config, bn_axis_name=bn_axis_name)
-  return AKNet(config, bn_axis_name=bn_axis_name)
+def _read(config: ml_collections.ConfigDict, path: str):
+  value = config
+  for key in path.split("."):
+    value = value[key]
+  return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def fields(config: ml_collections.ConfigDict, kind: str) -> dict:
+  """{'kind': kind, field: value, ...}: plain (JSON-able) values of the model's fields."""
+  if kind not in FIELD_PATHS:
+    raise ValueError(f"model kind {kind!r} is not one of {KINDS}")
+  return {"kind": kind, **{f: _read(config, p) for f, p in FIELD_PATHS[kind].items()}}
+
+
+def from_fields(model_fields: dict, *, bn_axis_name: str | None = None) -> nn.Module:
+  """The linen module of `fields(...)`'s output; `bn_axis_name` syncs BatchNorm across devices."""
+  f = dict(model_fields)
+  kind = f.pop("kind")
+  dtype = jnp.bfloat16 if f.pop("half_precision") else jnp.float32
+  backbone = VideoBackbone(**{k: f.pop(k) for k in list(f) if k in _BACKBONE_FIELDS},
+                           dtype=dtype, bn_axis_name=bn_axis_name)
+  if kind == "backbone":
+    return backbone
+  return (VideoNet if kind == "video_net" else AKNet)(backbone=backbone, **f)
+
+
+def build(config: ml_collections.ConfigDict, kind: str, *,
+          bn_axis_name: str | None = None) -> nn.Module:
+  """The model of `kind` ('backbone', 'video_net' for stage 1, 'aknet') the config describes."""
+  from aknet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
+  return from_fields(fields(config, kind), bn_axis_name=bn_axis_name)
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple:
@@ -35,30 +89,30 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple:
   return (1, d.num_segments * d.frames_per_segment, d.image_size, d.image_size, 3)
 
 
-def init_variables(config: ml_collections.ConfigDict, rng: jax.Array, *,
+def init_variables(config: ml_collections.ConfigDict, kind: str, rng: jax.Array, *,
                    bn_axis_name: str | None = None) -> dict:
-  """{'params', 'batch_stats'} of `build(config)`, from a jitted init on one zero clip."""
-  model = build(config, bn_axis_name=bn_axis_name)
+  """{'params', 'batch_stats'} of `build(config, kind)`, from a jitted init on one zero clip."""
+  model = build(config, kind, bn_axis_name=bn_axis_name)
   frames = jnp.zeros(input_shape(config), jnp.float32)
   variables = jax.jit(lambda r: model.init(r, frames, train=False))(rng)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def variable_shapes(config: ml_collections.ConfigDict) -> dict:
+def variable_shapes(config: ml_collections.ConfigDict, kind: str) -> dict:
   """init_variables' output as ShapeDtypeStructs (traced, never allocated)."""
-  return jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
+  return jax.eval_shape(functools.partial(init_variables, config, kind), jax.random.key(0))
 
 
-def gmacs(config: ml_collections.ConfigDict, *, shapes: dict | None = None) -> float:
+def gmacs(config: ml_collections.ConfigDict, kind: str, *, shapes: dict | None = None) -> float:
   """Inference cost of one clip in GFLOPs as the paper counts them, i.e. multiply-accumulates.
 
   XLA's cost analysis of the jitted `apply(train=False)`, flops / 2 / 1e9; nothing is allocated.
   XLA counts only the kernel taps that fall inside the (unpadded) input. `shapes`: the
-  `variable_shapes(config)` if already at hand.
+  `variable_shapes(config, kind)` if already at hand.
   """
-  model = build(config)
+  model = build(config, kind)
   frames = jax.ShapeDtypeStruct(input_shape(config), jnp.float32)
-  shapes = variable_shapes(config) if shapes is None else shapes
+  shapes = variable_shapes(config, kind) if shapes is None else shapes
   lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, frames)
   cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -66,13 +120,13 @@ def gmacs(config: ml_collections.ConfigDict, *, shapes: dict | None = None) -> f
   return float(cost["flops"]) / 2 / 1e9
 
 
-def param_count(config: ml_collections.ConfigDict, *, inference: bool = False,
+def param_count(config: ml_collections.ConfigDict, kind: str, *, inference: bool = False,
                 shapes: dict | None = None) -> int:
-  """Trainable parameters of `build(config)` (BN statistics excluded); nothing is allocated.
+  """Trainable parameters of `build(config, kind)` (BN statistics excluded); nothing allocated.
 
   inference=True leaves out AK-Net's training-only auxiliary head.
   """
-  params = dict((variable_shapes(config) if shapes is None else shapes)["params"])
+  params = dict((variable_shapes(config, kind) if shapes is None else shapes)["params"])
   if inference:
     params.pop("aux", None)
   leaves = jax.tree_util.tree_leaves(params)
@@ -88,3 +142,8 @@ def feature_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(h, w) of the split's feature map for square `dataset.image_size` inputs."""
   s = config.dataset.image_size // feature_stride(config)
   return s, s
+
+
+def compact(stage1_variables, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
+  """Stage-1 VideoNet variables -> the variables of the config's AK-Net (`compaction.compact`)."""
+  return compaction.compact(stage1_variables, build(config, "aknet"), input_shape(config), rng)

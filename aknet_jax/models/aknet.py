@@ -1,7 +1,9 @@
 """AK-Net: backbone F up to the split, keypoint heatmap and selection, transform T, point sub-net Q.
 
-Design §1. Training returns the auxiliary head's logits and the normalised heatmap for the loss;
-inference never builds the auxiliary branch (it only exists to train the heatmap).
+Each step is a method (`features`, `select_keypoints`, `transform_points`, `point_features`,
+`classify`), so tools can run one alone with `model.apply(variables, ..., method=...)`. Training
+also returns the auxiliary head's logits and the normalised heatmap for the loss; inference never
+builds the auxiliary branch (it only exists to train the heatmap).
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from aknet_jax.models import keypoints
 from aknet_jax.models import resnet
 from aknet_jax.models.backbone import VideoBackbone
-from aknet_jax.models.batch_norm import BatchNorm
+from aknet_jax.models.batch_norm import norm_layer
 from aknet_jax.models.heatmap import SEHeatmap
 from aknet_jax.models.point_net import PointNet
 from aknet_jax.models.transform_net import TransformNet
@@ -24,7 +25,7 @@ _head_init = nn.initializers.normal(0.001)
 
 
 class AuxHead(nn.Module):
-  """Training-only classifier on the heatmap-weighted features (design §1.9)."""
+  """Training-only classifier on the heatmap-weighted features: 2 x (3x3 s2 conv, BN, ReLU), GAP."""
   num_classes: int
   bn_momentum: float = 0.9
   bn_axis_name: str | None = None
@@ -36,9 +37,8 @@ class AuxHead(nn.Module):
     b, t, h, w, c = x.shape
     conv = functools.partial(nn.Conv, c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                              use_bias=False, dtype=self.dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype,
-                             use_fast_variance=False)
+    norm = norm_layer(train=train, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
+                      dtype=self.dtype)
     y = x.reshape(b * t, h, w, c).astype(self.dtype)
     y = nn.relu(norm(name="bn1")(conv(name="conv1")(y)))
     y = nn.relu(norm(name="bn2")(conv(name="conv2")(y)))
@@ -52,42 +52,68 @@ class AKNet(nn.Module):
   train=True -> {'logits', 'aux_logits', 'heatmap' (normalised, (B, T, h, w))};
   return_keypoints=True (inference) -> (logits, {'xyt' int32 (B, N, 3) ranked, 'heatmap'}).
   """
-  config: ml_collections.ConfigDict
-  bn_axis_name: str | None = None
+  backbone: VideoBackbone
+  num_classes: int
+  dropout: float = 0.5
+  split: str = "res4"
+  alpha: float = 0.3
+  tau: float = -1.0  # <= 0: h + w of the split's map (each frame's points stay contiguous).
+  transform_mode: str = "full"
+  transform_rank: int = 64
+  se_reduction: int = 16
 
-  @nn.compact
-  def __call__(self, frames, *, train: bool, return_keypoints: bool = False):
-    cfg, ak = self.config, self.config.model.aknet
-    dtype = jnp.bfloat16 if cfg.half_precision else jnp.float32
-    t = cfg.dataset.num_segments
-    split = resnet.STAGES.index(ak.split)
+  def setup(self):
+    bb = self.backbone
+    self.heatmap = SEHeatmap(self.se_reduction, dtype=bb.dtype)
+    self.transform = TransformNet(self.transform_mode, self.transform_rank, bb.bn_momentum,
+                                  bb.bn_axis_name, bb.dtype)
+    self.points = PointNet(resnet.STAGE_SIZES[bb.depth], resnet.STAGES.index(self.split) + 1,
+                           bb.width, bottleneck=resnet.expansion(bb.depth) == 4,
+                           use_bias=bb.backbone == "tdn", bn_momentum=bb.bn_momentum,
+                           bn_axis_name=bb.bn_axis_name, dtype=bb.dtype)
+    self.head_dropout = nn.Dropout(self.dropout)
+    self.head = nn.Dense(self.num_classes, dtype=bb.dtype, kernel_init=_head_init)
+    self.aux = AuxHead(self.num_classes, bb.bn_momentum, bb.bn_axis_name, bb.dtype)
 
-    x = VideoBackbone(cfg, self.bn_axis_name, name="backbone")(frames, train=train, upto=ak.split)
+  def features(self, frames, *, train: bool = False):
+    """F: frames -> X (B, T, h, w, C) after the split stage."""
+    x = self.backbone(frames, train=train, upto=self.split)
     bt, h, w, c = x.shape
-    x = x.reshape(bt // t, t, h, w, c)
+    return x.reshape(bt // self.backbone.num_segments, self.backbone.num_segments, h, w, c)
 
-    heat = SEHeatmap(ak.se_reduction, dtype=dtype, name="heatmap")(x)
-    heat_norm = keypoints.normalize_heatmap(heat)
-    n = keypoints.num_points(ak.alpha, t, h, w)
-    points, xyt = keypoints.select_and_rank(heat, x, n, keypoints.default_tau(ak.tau, h, w))
-    coords = keypoints.normalize_coordinates(xyt)
+  def select_keypoints(self, x):
+    """X -> (points (B, N, C), normalised coordinates (B, N, 3), xyt int32, Ĥ (B, T, h, w)).
 
-    points = TransformNet(ak.transform_mode, ak.transform_rank, cfg.model.bn_momentum,
-                          self.bn_axis_name, dtype, name="transform")(points, coords, train=train)
-    points = PointNet(resnet.STAGE_SIZES[cfg.model.depth], split + 1, cfg.model.width,
-                      bottleneck=cfg.model.depth >= 50, use_bias=cfg.model.backbone == "tdn",
-                      bn_momentum=cfg.model.bn_momentum, bn_axis_name=self.bn_axis_name,
-                      dtype=dtype, name="points")(points, train=train)
+    Heatmap, joint top-k over the clip's T*h*w cells, gather, ranking by x + y + tau*t.
+    """
+    t, h, w = x.shape[1:4]
+    heat = self.heatmap(x)
+    n = keypoints.num_points(self.alpha, t, h, w)
+    points, xyt = keypoints.select_and_rank(heat, x, n, keypoints.default_tau(self.tau, h, w))
+    return points, keypoints.normalize_coordinates(xyt), xyt, keypoints.normalize_heatmap(heat)
 
+  def transform_points(self, points, coords, *, train: bool = False):
+    """T: the first C channels of concat(points, coords) @ A."""
+    return self.transform(points, coords, train=train)
+
+  def point_features(self, points, *, train: bool = False):
+    """Q: the stages after the split as 1D convs over the ranked points."""
+    return self.points(points, train=train)
+
+  def classify(self, x, q, *, train: bool = False):
+    """Logits (B, K) float32 of concat(GAP(X), mean of Q's points)."""
     g = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
-    e = jnp.mean(points.astype(jnp.float32), axis=1)
-    z = nn.Dropout(cfg.model.dropout, deterministic=not train)(jnp.concatenate([g, e], axis=-1))
-    logits = nn.Dense(cfg.dataset.num_classes, dtype=dtype, kernel_init=_head_init,
-                      name="head")(z).astype(jnp.float32)
+    e = jnp.mean(q.astype(jnp.float32), axis=1)
+    z = self.head_dropout(jnp.concatenate([g, e], axis=-1), deterministic=not train)
+    return self.head(z).astype(jnp.float32)
 
-    if train or self.is_mutable_collection("params"):  # Inits (and compaction) create it.
-      aux_logits = AuxHead(cfg.dataset.num_classes, cfg.model.bn_momentum, self.bn_axis_name, dtype,
-                           name="aux")(heat_norm[..., None] * x, train=train)
+  def __call__(self, frames, *, train: bool, return_keypoints: bool = False):
+    x = self.features(frames, train=train)
+    points, coords, xyt, heat_norm = self.select_keypoints(x)
+    points = self.transform_points(points, coords, train=train)
+    logits = self.classify(x, self.point_features(points, train=train), train=train)
+    if train or self.is_mutable_collection("params"):  # Init and compaction create the aux head.
+      aux_logits = self.aux(heat_norm[..., None] * x, train=train)
     if train:
       return {"logits": logits, "aux_logits": aux_logits, "heatmap": heat_norm}
     if return_keypoints:

@@ -9,6 +9,8 @@ after fine-tuning here. Same variables as `nn.BatchNorm`, so checkpoints are unc
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,3 +40,9 @@ class BatchNorm(nn.BatchNorm):
       self.put_variable("batch_stats", "var",
                         after + (after - self.momentum * before) / jnp.maximum(n - 1, 1))
     return y
+
+
+def norm_layer(*, train: bool, momentum: float, axis_name: str | None, dtype) -> functools.partial:
+  """The BatchNorm every module of ours uses: PyTorch's eps 1e-5, exact two-pass variance."""
+  return functools.partial(BatchNorm, use_running_average=not train, momentum=momentum,
+                           epsilon=1e-5, axis_name=axis_name, dtype=dtype, use_fast_variance=False)

@@ -1,4 +1,4 @@
-"""Two-stage schedule, stage 1 -> 2: AK-Net variables from a trained backbone's (design §1.7).
+"""Two-stage schedule, stage 1 -> 2: AK-Net variables from a trained backbone's.
 
 F is copied from the backbone up to the split; Q's 1D kernels are the 2D kernels of the later stages
 summed over their width axis, with their BN parameters and statistics copied; the heatmap, transform
@@ -7,13 +7,12 @@ net and both heads start fresh.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import traverse_util
 
@@ -39,20 +38,19 @@ def _source_path(path: tuple) -> tuple | None:
   return None
 
 
-def compact(stage1_variables: Any, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
-  """Stage-1 VideoNet variables {'params', 'batch_stats'} -> AK-Net variables for `config`.
+def compact(stage1_variables: Any, model: nn.Module, input_shape: tuple, rng: jax.Array) -> dict:
+  """Stage-1 VideoNet variables {'params', 'batch_stats'} -> the variables of AK-Net `model`.
 
-  Raises ValueError naming the first stage-1 path that is missing or has the wrong shape.
+  `input_shape`: one clip as the model takes it. Raises ValueError naming the first stage-1 path
+  that is missing or has the wrong shape.
   """
-  from aknet_jax import models  # pylint: disable=g-import-not-at-top (models imports this file)
   stage1 = flax.core.unfreeze(stage1_variables)
   if "params" not in stage1 or "backbone" not in stage1["params"]:
     raise ValueError("compact: stage-1 variables need params['backbone'] (a VideoNet's variables); "
                      f"got keys {sorted(stage1)}, params keys {sorted(stage1.get('params', {}))}")
-  if str(config.stage) == "1":
-    config = config.copy_and_resolve_references()
-    config.stage = "2"
-  shapes = jax.eval_shape(functools.partial(models.init_variables, config), rng)
+  frames = jnp.zeros(input_shape, jnp.float32)
+  shapes = jax.eval_shape(lambda r: model.init(r, frames, train=False), rng)
+  bb = model.backbone
   copied = {}
   for coll in _COLLECTIONS:
     src = traverse_util.flatten_dict(stage1.get(coll, {}))
@@ -66,21 +64,17 @@ def compact(stage1_variables: Any, config: ml_collections.ConfigDict, rng: jax.A
       name = f"{coll}/{'/'.join(src_path)}"
       if src_path not in src:
         raise ValueError(f"compact: the stage-1 variables lack {name} (expected shape {want}); "
-                         f"they do not fit this config (model.backbone={config.model.backbone!r}, "
-                         f"depth={config.model.depth}, width={config.model.width}, "
-                         f"aknet.split={config.model.aknet.split!r})")
+                         f"they do not fit this config (model.backbone={bb.backbone!r}, "
+                         f"depth={bb.depth}, width={bb.width}, aknet.split={model.split!r})")
       value = jnp.asarray(src[src_path])
       if folded and value.ndim == 4:
         value = compact_kernel(value)
       if value.shape != leaf.shape:
         raise ValueError(f"compact: stage-1 {name} has shape {np.shape(src[src_path])}, expected "
-                         f"{want} for this config (model.depth={config.model.depth}, "
-                         f"width={config.model.width})")
+                         f"{want} for this config (model.depth={bb.depth}, width={bb.width})")
       dst[path] = value.astype(leaf.dtype)
     copied[coll] = traverse_util.unflatten_dict(dst)
   # Applying with mutable collections creates only the missing (new) variables, from `rng`.
-  model = models.build(config)
-  frames = jnp.zeros(models.input_shape(config), jnp.float32)
   _, variables = jax.jit(lambda v, r: model.apply(v, frames, train=False, rngs={"params": r},
                                                   mutable=list(_COLLECTIONS)))(copied, rng)
   return {coll: flax.core.unfreeze(variables[coll]) for coll in _COLLECTIONS}

@@ -1,4 +1,4 @@
-"""The keypoint heatmap: squeeze-excitation with a softmax over channels (design §1.2)."""
+"""The keypoint heatmap: squeeze-excitation with a softmax over channels."""
 
 from __future__ import annotations
 

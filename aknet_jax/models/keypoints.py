@@ -1,6 +1,6 @@
 """Keypoint selection on the split feature map: normalisation, top-k, gather, ranking, coordinates.
 
-Pure functions of arrays (design §1.2-§1.5). Coordinates are integers in feature-grid units:
+Pure functions of arrays. Coordinates are integers in feature-grid units:
 x = column, y = row, t = frame; a flat index over one clip is t*h*w + y*w + x.
 """
 
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 
 def normalize_heatmap(heatmap: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """Per-clip min-max normalisation of (B, T, h, w) scores to [0, 1] (design §1.2)."""
+  """Per-clip min-max normalisation of (B, T, h, w) scores to [0, 1]: the regulariser 4H(1-H) needs
+  H in [0, 1] (on the raw, unbounded post-ReLU H it would reward H -> inf); top-k is unchanged."""
   axes = tuple(range(1, heatmap.ndim))
   lo = jnp.min(heatmap, axis=axes, keepdims=True)
   hi = jnp.max(heatmap, axis=axes, keepdims=True)

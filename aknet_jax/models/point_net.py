@@ -1,4 +1,4 @@
-"""Point sub-net Q: the ResNet stages after the split as 1D convs over the ranked points (§1.7).
+"""Point sub-net Q: the ResNet stages after the split as 1D convs over the ranked points.
 
 Same topology and parameter names as the 2D stages (`layer4_0/conv1`, ...), so the compacted 2D
 weights drop in: every k x k conv becomes a kernel-k 1D conv with the same stride and padding k//2,
@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from aknet_jax.models.batch_norm import BatchNorm
+from aknet_jax.models.batch_norm import norm_layer
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -78,9 +78,8 @@ class PointNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     conv = functools.partial(_conv1d, use_bias=self.use_bias, dtype=self.dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype,
-                             use_fast_variance=False)
+    norm = norm_layer(train=train, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
+                      dtype=self.dtype)
     block = Bottleneck1D if self.bottleneck else BasicBlock1D
     x = x.astype(self.dtype)
     for i in range(self.first_stage, len(self.stage_sizes)):

@@ -1,7 +1,8 @@
 """ResNet building blocks with PyTorch's padding, initialisation and BN conventions (torchvision v1.5).
 
 Blocks carry the video backbones' temporal ops inside their residual branch: the TSM shift of the
-block input before conv1, or TDN's mSE + learnable shift after conv1/bn1/relu (reference doc 2.2, 3.4).
+block input before conv1 (TSM's residual shift), or TDN's mSE + learnable shift after conv1/bn1/relu
+(TDN's `Bottleneck`, where `mse` and `shift` follow `relu(bn1(conv1(x)))`).
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ def expansion(depth: int) -> int:
   return 1 if depth < 50 else 4
 
 
-def stage_channels(config) -> dict:
+def stage_channels(depth: int, width: int) -> dict:
   """Output channels of each stage, e.g. width 64, depth 50 -> res2 256 ... res5 2048."""
-  e = expansion(config.model.depth)
-  return {s: config.model.width * 2**i * e for i, s in enumerate(STAGES)}
+  e = expansion(depth)
+  return {s: width * 2**i * e for i, s in enumerate(STAGES)}
 
 
 def stage_strides() -> dict:
@@ -152,18 +153,18 @@ def stem(x, width, conv, norm):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-def stage(x, index, config, conv, norm, temporal="none", prefix="layer"):
+def stage(x, index, *, depth: int, width: int, num_segments: int, shift_div: int, conv, norm,
+          temporal="none", prefix="layer"):
   """Stage `index` (0 = res2 = torch layer1) as blocks `{prefix}{index + 1}_{b}` in the caller's scope.
 
   TSM shifts every block, or every other block when res4 has >= 23 blocks (ResNet-101, `n_round`).
   """
-  depth = config.model.depth
   sizes = STAGE_SIZES[depth]
   n_round = 2 if sizes[2] >= 23 else 1
   for b in range(sizes[index]):
     op = "none" if temporal == "tsm" and b % n_round else temporal
     x = block_class(depth)(
-        planes=config.model.width * 2**index, strides=2 if index and not b else 1, conv=conv,
-        norm=norm, temporal=op, num_segments=config.dataset.num_segments,
-        shift_div=config.model.shift_div, name=f"{prefix}{index + 1}_{b}")(x)
+        planes=width * 2**index, strides=2 if index and not b else 1, conv=conv,
+        norm=norm, temporal=op, num_segments=num_segments,
+        shift_div=shift_div, name=f"{prefix}{index + 1}_{b}")(x)
   return x

@@ -1,6 +1,6 @@
 """TDN temporal-difference pieces: RGB differences, fusion, the mSE module and the learnable shift.
 
-Follows TDN ops/tdn_net.py and ops/base_module.py (reference doc section 3), including its quirks:
+Follows TDN ops/tdn_net.py and ops/base_module.py (the official TDN code), including its quirks:
 nearest resizes use PyTorch's legacy `floor(dst * in / out)` rule, mSE applies its shared BNs twice.
 """
 

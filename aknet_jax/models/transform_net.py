@@ -1,4 +1,4 @@
-"""PointNet-style transform net T: predicts a (C+3)x(C+3) channel mix of the points (design §1.6).
+"""PointNet-style transform net T: predicts a (C+3)x(C+3) channel mix of the points (the paper's T).
 
 Modes: 'full' (the paper: a dense layer predicts all of A), 'lowrank' (A = I + U V^T, rank r),
 'none' (the ablation without T: the point features pass through unchanged).
@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aknet_jax.models.batch_norm import BatchNorm
+from aknet_jax.models.batch_norm import norm_layer
 
 MODES = ("full", "lowrank", "none")
 
@@ -43,9 +43,8 @@ class TransformNet(nn.Module):
     c3 = c + 3
     conv = functools.partial(nn.Conv, kernel_size=(1,), dtype=self.dtype)
     dense = functools.partial(nn.Dense, dtype=self.dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype,
-                             use_fast_variance=False)
+    norm = norm_layer(train=train, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
+                      dtype=self.dtype)
     p = jnp.concatenate([s.astype(self.dtype), d.astype(self.dtype)], axis=-1)
     z = p
     for i, features in enumerate((64, 128, 1024), start=1):

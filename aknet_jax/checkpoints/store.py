@@ -3,114 +3,31 @@
 A checkpoint step holds three items, so that each reader takes only what it needs:
   `variables` {'params', 'batch_stats'}  — eval, stage-2 initialisation, converted PyTorch weights;
   `train`     {'opt_state', 'step'}      — resuming a run;
-  `meta`      JSON: architecture, data position, step, CRC32 of each array item — checked before
-              anything is restored.
+  `meta`      JSON: architecture (the model factory's fields), data position, step, CRC32 of each
+              array item — checked before anything is restored.
 Layout: STAGE_DIR/checkpoints/<step>/... and STAGE_DIR/best/<step>/...
 
-Faults (docs/reliability.md): Orbax writes a step into `<step>.orbax-checkpoint-tmp*` and renames
-it when complete, so a save cut short leaves only that directory, which is reported and removed.
-A complete-looking step that cannot be read back or fails its checksums is reported, renamed to
-`<step>.corrupt` (never deleted) and the previous step is used. A failed save raises `SaveError`
-before Orbax's retention deletes anything, and a non-finite state is never written.
+Faults (docs/reliability.md): a save cut short is reported and removed; a damaged step is moved
+aside and the previous one used (`integrity`). A failed save raises `SaveError` before Orbax's
+retention deletes anything, and a non-finite state is never written.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import zlib
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from aknet_jax.checkpoints import trees
+from aknet_jax.checkpoints.integrity import (COMMIT_FILE, CorruptCheckpointError, SaveError,
+                                             first_line, latest_good, move_aside, non_finite,
+                                             partial_steps, tree_checksum, verify)
+
 ITEMS = ("variables", "train", "meta")
-COMMIT_FILE = "commit_success.txt"  # Orbax writes it into a step just before the final rename.
-TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written.
-CORRUPT_SUFFIX = ".corrupt"
-
-
-class CorruptCheckpointError(ValueError):
-  """A checkpoint step that exists but cannot be read back intact."""
-
-
-class SaveError(OSError):
-  """Writing a checkpoint failed; the steps saved before are untouched."""
-
-
-def tree_checksum(tree) -> int:
-  """CRC32 over the leaves (shape, dtype, bytes) in tree order: detects silently damaged data.
-
-  Integers count as int64: a step saved as an int32 array may come back as a Python int.
-  """
-  crc = 0
-  for leaf in jax.tree_util.tree_leaves(tree):
-    a = np.asarray(leaf)
-    a = np.ascontiguousarray(a.astype(np.int64) if a.dtype.kind in "iub" else a)
-    crc = zlib.crc32(f"{a.shape}{a.dtype.str}".encode(), crc)
-    crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
-  return crc
-
-
-def _verify(tree, meta: dict, item: str, where: str):
-  want = meta.get("checksums", {}).get(item)
-  if want is not None and tree_checksum(tree) != want:
-    raise CorruptCheckpointError(f"checkpoint {where}: the {item} item fails its checksum "
-                                 "(data damaged on disk)")
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _non_finite(tree) -> str | None:
-  """Path of the first floating leaf holding NaN or Inf, else None."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    a = np.asarray(leaf)
-    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-      return jax.tree_util.keystr(path)
-  return None
-
-
-def latest_good(step: int | None, directory: str) -> str:
-  """How a numerical-fault message ends: what is left to resume from."""
-  if step is None:
-    return f"no checkpoint was written yet in {directory}"
-  return f"the latest good checkpoint, step {step} in {directory}, is kept"
-
-
-def partial_steps(directory: str) -> list[str]:
-  """Step directories a save left unfinished (killed or failed mid-write)."""
-  return sorted(glob.glob(os.path.join(glob.escape(directory), f"*{TMP_MARK}*")))
-
-
-def architecture(config: ml_collections.ConfigDict, stage: str) -> dict:
-  """The config fields a checkpoint's variables depend on: restoring into another one fails."""
-  m, d = config.model, config.dataset
-  arch = {"stage": stage, "backbone": m.backbone, "depth": int(m.depth), "width": int(m.width),
-          "num_classes": int(d.num_classes), "num_segments": int(d.num_segments)}
-  if stage == "2":
-    arch.update(split=m.aknet.split, transform_mode=m.aknet.transform_mode,
-                transform_rank=int(m.aknet.transform_rank))
-  return arch
-
-
-def check_architecture(meta: dict, config: ml_collections.ConfigDict, stage: str, where: str):
-  """One-line ValueError naming the first field where the checkpoint and the config differ."""
-  want = architecture(config, stage)
-  have = meta.get("architecture", {})
-  for key, value in want.items():
-    if key in have and have[key] != value:
-      field = {"stage": "stage", "num_classes": "dataset.num_classes",
-               "num_segments": "dataset.num_segments", "split": "model.aknet.split",
-               "transform_mode": "model.aknet.transform_mode",
-               "transform_rank": "model.aknet.transform_rank"}.get(key, f"model.{key}")
-      raise ValueError(f"checkpoint {where} was written for {key}={have[key]!r} but the config has "
-                       f"{field}={value!r}: pass a matching --config (or another checkpoint)")
 
 
 def _manager(directory: str, *, keep: int, best: bool, read_only: bool = False):
@@ -141,7 +58,7 @@ class StageCheckpoints:
     Refuses a state holding NaN/Inf (FloatingPointError); a failed write raises SaveError and
     leaves every step saved before in place (Orbax deletes old steps only after a good save).
     """
-    bad = _non_finite({"params": state.params, "batch_stats": state.batch_stats,
+    bad = non_finite({"params": state.params, "batch_stats": state.batch_stats,
                        "opt_state": state.opt_state})
     if bad is not None:
       raise FloatingPointError(f"not saving step {step}: {bad} is not finite; "
@@ -155,7 +72,7 @@ class StageCheckpoints:
         mngr.save(step, args=items, force=True, **kwargs)
         mngr.wait_until_finished()
       except Exception as e:  # Orbax and TensorStore raise many types for a failed write.
-        raise SaveError(f"saving checkpoint {mngr.directory}/{step} failed ({_first_line(e)}); "
+        raise SaveError(f"saving checkpoint {mngr.directory}/{step} failed ({first_line(e)}); "
                         f"the steps saved before, {list(self.periodic.all_steps())} in "
                         f"{self.directory}, are kept") from e
 
@@ -184,17 +101,12 @@ class StageCheckpoints:
       try:
         with ocp.StandardCheckpointer() as reader:
           stored = reader.metadata(path).item_metadata
-        have = sorted(tuple(x.shape) for x in jax.tree_util.tree_leaves(stored))
       except Exception as e:  # pylint: disable=broad-except
         raise CorruptCheckpointError(
-            f"checkpoint {where}: {item} metadata unreadable ({_first_line(e)})") from e
-      if stored is None or not have:
+            f"checkpoint {where}: {item} metadata unreadable ({first_line(e)})") from e
+      if stored is None or not trees.shapes_by_path(stored):
         raise CorruptCheckpointError(f"checkpoint {where}: {item} metadata unreadable")
-      want = sorted(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(template))
-      if have != want:
-        raise ValueError(f"checkpoint {where} holds {item} of other shapes than the config's model "
-                         f"({len(have)} arrays vs {len(want)}): it was written for another "
-                         "configuration; pass the config it was trained with")
+      trees.check_fits(stored, template, where, item)
 
   def restore(self, step: int, state_template):
     """Restores (state, meta) at `step` into the structure of `state_template`.
@@ -213,9 +125,9 @@ class StageCheckpoints:
       out = self.periodic.restore(step, args=ocp.args.Composite(
           variables=ocp.args.StandardRestore(variables_t), train=ocp.args.StandardRestore(train_t)))
     except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f"checkpoint {where} unreadable ({_first_line(e)})") from e
-    _verify(out.variables, meta, "variables", where)
-    _verify(out.train, meta, "train", where)
+      raise CorruptCheckpointError(f"checkpoint {where} unreadable ({first_line(e)})") from e
+    verify(out.variables, meta, "variables", where)
+    verify(out.train, meta, "train", where)
     return state_template.replace(params=out.variables["params"],
                                   batch_stats=out.variables["batch_stats"],
                                   opt_state=out.train["opt_state"], step=out.train["step"])
@@ -228,46 +140,26 @@ class StageCheckpoints:
     restores. `check(meta, where)` runs first on each step: its ValueError (a checkpoint of
     another configuration) is raised as is, never taken for damage.
     """
-    bad = []
+    def read(step):
+      meta = self._read_meta(step)
+      if check is not None:
+        check(meta, f"{self.directory}/{step}")
+      return self._restore_arrays(step, state_template, meta), meta
+
     # Training never writes step 0: there it is a converted checkpoint, a start, not a resume.
-    for step in sorted((s for s in self.periodic.all_steps() if s > 0), reverse=True):
-      try:
-        meta = self._read_meta(step)
-        if check is not None:
-          check(meta, f"{self.directory}/{step}")
-        state = self._restore_arrays(step, state_template, meta)
-      except CorruptCheckpointError as e:
-        logging.warning("%s; trying the previous step", e)
-        bad.append((step, str(e)))
-        continue
-      for b, reason in bad:
-        moved = _move_aside(os.path.join(self.directory, str(b)))
-        logging.warning("skipped damaged checkpoint step %d (%s): moved to %s; resuming from step "
-                        "%d", b, reason, moved, step)
-      if bad:
-        self.periodic.reload()
-      return state, meta, step
-    raise CorruptCheckpointError(
-        f"no readable checkpoint in {self.directory}: "
-        + "; ".join(reason for _, reason in bad)
-        + ". Move the directory aside to restart the stage from its beginning")
+    steps = sorted((s for s in self.periodic.all_steps() if s > 0), reverse=True)
+    (state, meta), step, bad = newest_intact(self.directory, steps, read)
+    for b, reason in bad:
+      moved = move_aside(os.path.join(self.directory, str(b)))
+      logging.warning("skipped damaged checkpoint step %d (%s): moved to %s; resuming from step "
+                      "%d", b, reason, moved, step)
+    if bad:
+      self.periodic.reload()
+    return state, meta, step
 
   def close(self):
     self.periodic.close()
     self.best.close()
-
-
-def _move_aside(path: str) -> str:
-  """Renames a damaged step so that no manager lists it again; its files are kept."""
-  target, n = path + CORRUPT_SUFFIX, 1
-  while os.path.exists(target):
-    target, n = f"{path}{CORRUPT_SUFFIX}{n}", n + 1
-  if jax.process_index() == 0:
-    os.rename(path, target)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(f"aknet_move_aside_{os.path.basename(path)}")
-  return target
 
 
 def _args(state, meta):
@@ -322,12 +214,12 @@ def read_variables(directory: str, step: int) -> tuple[dict, dict]:
     out = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
                                                      meta=ocp.args.JsonRestore()))
   except Exception as e:  # Orbax raises many types for unreadable or partial directories.
-    raise CorruptCheckpointError(f"cannot read checkpoint {where}: {_first_line(e)}") from None
+    raise CorruptCheckpointError(f"cannot read checkpoint {where}: {first_line(e)}") from None
   finally:
     mngr.close()
   variables: Any = jax.tree_util.tree_map(np.asarray, out.variables)
   meta = dict(out.meta)
-  _verify(variables, meta, "variables", where)
+  verify(variables, meta, "variables", where)
   return variables, meta
 
 
@@ -341,9 +233,26 @@ def read_meta(path: str) -> dict:
   try:
     return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
   except Exception as e:  # pylint: disable=broad-except
-    raise CorruptCheckpointError(f"checkpoint {where}: meta unreadable ({_first_line(e)})") from e
+    raise CorruptCheckpointError(f"checkpoint {where}: meta unreadable ({first_line(e)})") from e
   finally:
     mngr.close()
+
+
+def newest_intact(directory: str, steps: list[int], read: Callable[[int], Any]):
+  """(read(step), step, [(damaged step, reason), ...]) for the first of `steps` (newest first)
+  that `read` gets back without CorruptCheckpointError; nothing is moved here."""
+  bad = []
+  for step in steps:
+    try:
+      value = read(step)
+    except CorruptCheckpointError as e:
+      logging.warning("%s; trying the previous step", e)
+      bad.append((step, str(e)))
+      continue
+    return value, step, bad
+  raise CorruptCheckpointError(
+      f"no readable checkpoint in {directory}: " + "; ".join(reason for _, reason in bad)
+      + ". Move the directory aside to restart the stage from its beginning")
 
 
 def load_variables(path: str) -> tuple[dict, dict, str, int]:
@@ -353,21 +262,12 @@ def load_variables(path: str) -> tuple[dict, dict, str, int]:
   next older one is read (nothing is moved: readers may run beside a training job).
   """
   directory, step = find_checkpoint(path)
-  explicit = os.path.basename(os.path.abspath(path).rstrip("/")).isdigit()
-  steps = [step] if explicit else sorted(
-      (int(s) for s in os.listdir(directory) if s.isdigit() and int(s) <= step), reverse=True)
-  errors = []
-  for s in steps:
-    try:
-      variables, meta = read_variables(directory, s)
-    except CorruptCheckpointError as e:
-      errors.append(str(e))
-      if not explicit:
-        logging.warning("%s; trying the previous step", e)
-      continue
-    if errors:
-      logging.warning("using checkpoint %s/%d instead of the damaged newer step(s)", directory, s)
-    return variables, meta, directory, s
-  if explicit:
-    raise CorruptCheckpointError(errors[0])
-  raise CorruptCheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(errors))
+  if os.path.basename(os.path.abspath(path).rstrip("/")).isdigit():  # One step asked for.
+    return (*read_variables(directory, step), directory, step)
+  steps = sorted((int(s) for s in os.listdir(directory) if s.isdigit() and int(s) <= step),
+                 reverse=True)
+  (variables, meta), s, bad = newest_intact(directory, steps,
+                                            lambda s: read_variables(directory, s))
+  if bad:
+    logging.warning("using checkpoint %s/%d instead of the damaged newer step(s)", directory, s)
+  return variables, meta, directory, s

@@ -7,12 +7,18 @@ the counts are summed over hosts.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 
-import numpy as np
 import jax
+import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
+from aknet_jax import models, visualize, workdir as workdir_lib
 from aknet_jax.data import pipeline
+from aknet_jax.train import step as steps
 
 
 def keypoint_coverage(xyt: np.ndarray, target_mask: np.ndarray, stride: int) -> tuple[float, float]:
@@ -103,3 +109,32 @@ def evaluate(config, p_eval, variables, *, feature_stride: int | None = None,
   per_class = {str(c): {"accuracy": float(correct[c] / count[c]) if count[c] else None,
                         "num_examples": int(count[c])} for c in range(k)}
   return EvalResult(metrics, per_class, images, totals.indices)
+
+
+def evaluate_and_report(config, workdir: str, stage: str, kind: str, model, variables_repl,
+                        step: int, writer, class_names: list[str] | None = None) -> EvalResult:
+  """Evaluates replicated variables; writes scalars, keypoint pictures and the results files."""
+  with_kp = kind == "aknet"
+  p_eval = steps.pmapped_eval_step(model, with_keypoints=with_kp)
+  t0 = time.time()
+  stride = models.feature_stride(config) if with_kp else None
+  res = evaluate(config, p_eval, variables_repl, feature_stride=stride,
+                 num_images=config.eval.num_keypoint_images if with_kp else 0)
+  logging.info("stage %s eval at step %d: %s (%.1fs)", stage, step,
+               {k: round(v, 4) for k, v in res.metrics.items()}, time.time() - t0)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in res.metrics.items()})
+  if jax.process_index() != 0:
+    return res
+  if res.images:
+    grids = visualize.save_keypoint_clips(
+        os.path.join(workdir_lib.stage_dir(workdir, stage), "keypoints"),
+        [(f, xyt) for f, xyt, _, _ in res.images], stride, config.dataset.frames_per_segment,
+        [f"label {lab}, predicted {pred}" for _, _, lab, pred in res.images])
+    writer.write_images(step, {"eval/keypoints": np.stack(grids)})
+  entry = dict(res.metrics, gmacs=models.gmacs(config, kind),
+               params=models.param_count(config, kind), step=int(step))
+  per_class = {c: dict(v, name=class_names[int(c)]) if class_names else v
+               for c, v in res.per_class.items()}
+  workdir_lib.record_results(workdir, stage, entry, per_class)
+  logging.info("stage %s results: %s", stage, json.dumps(entry, sort_keys=True))
+  return res

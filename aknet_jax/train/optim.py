@@ -2,7 +2,7 @@
 
 PyTorch SGD with coupled L2 and lr multipliers maps exactly to
 clip -> add_decayed_weights(mask) -> trace(momentum) -> scale(-lr(step)) -> scale(per-leaf lr_mult)
-(reference §5.5): a constant per-parameter multiplier commutes with the momentum buffer.
+: a constant per-parameter multiplier commutes with the momentum buffer.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def _leaf_kind(path) -> str:
 
 
 def multipliers(config: ml_collections.ConfigDict, params, *, new_classifier: bool):
-  """Per-leaf (lr_mult, decay_mult) trees for the configured lr policy (reference §5.2/§5.3)."""
+  """Per-leaf (lr_mult, decay_mult) trees for the configured lr policy: TSM's
+  `get_optim_policies` groups (BN and biases undecayed, biases x2, a new classifier x5/x10), or
+  TDN's uniform one."""
   if config.train.lr_policy == "uniform":
     ones = jax.tree_util.tree_map(lambda _: 1.0, params)
     return ones, ones

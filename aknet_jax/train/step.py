@@ -12,7 +12,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from aknet_jax import losses
+from aknet_jax.train import losses
 
 AXIS = "batch"
 

@@ -1,0 +1,46 @@
+"""A checkpoint's architecture: the model factory's fields, recorded at save, compared at load.
+
+Only the fields that set variable shapes (`models.SHAPE_FIELDS`) must agree; a checkpoint of
+another architecture is a one-line error naming the config field, before any array is read.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from aknet_jax import models
+
+# Checkpoints written before the factory recorded its kind named the schedule's stage instead.
+_KIND_OF_STAGE = {"1": "video_net", "2": "aknet"}
+
+
+def record(config: ml_collections.ConfigDict, kind: str) -> dict:
+  """What a checkpoint's meta stores as its architecture: `models.fields(config, kind)`."""
+  return models.fields(config, kind)
+
+
+def kind_of(meta: dict) -> str | None:
+  """The model kind a checkpoint holds ('video_net', 'aknet', 'backbone'), None if unrecorded."""
+  arch = meta.get("architecture", {})
+  return arch.get("kind") or _KIND_OF_STAGE.get(str(arch.get("stage")))
+
+
+def check(meta: dict, config: ml_collections.ConfigDict, kind: str | None, where: str) -> None:
+  """ValueError naming the first shape-setting field where the checkpoint and the config differ.
+
+  kind=None compares the fields the two share whatever the checkpoint's kind (a backbone-only
+  ImageNet checkpoint as a start for stage 1).
+  """
+  have = meta.get("architecture", {})
+  stored_kind = kind_of(meta)
+  if kind is not None and stored_kind is not None and stored_kind != kind:
+    raise ValueError(f"checkpoint {where} holds a {stored_kind!r} model but a {kind!r} one is "
+                     "needed: pass another checkpoint (or the config string's stage= it was "
+                     "trained at)")
+  want = models.fields(config, kind or stored_kind or "backbone")
+  paths = models.FIELD_PATHS[want["kind"]]
+  for key in models.SHAPE_FIELDS:
+    if key in want and key in have and have[key] != want[key]:
+      raise ValueError(f"checkpoint {where} was written for {key}={have[key]!r} but the config has "
+                       f"{paths[key]}={want[key]!r}: pass a matching --config (or another "
+                       "checkpoint)")

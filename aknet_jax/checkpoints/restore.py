@@ -1,0 +1,53 @@
+"""Checkpoints as model inputs: the variables of a checkpoint for eval / predict / export, and
+the part of a checkpoint that starts a stage (`init_from`), each checked against the config."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from aknet_jax import models, workdir as workdir_lib
+from aknet_jax.checkpoints import architecture, store, trees
+
+
+def _latest_stage_checkpoints(workdir: str) -> str:
+  for stage in ("2", "1"):
+    directory = workdir_lib.checkpoint_dir(workdir, stage)
+    if os.path.isdir(directory):
+      return directory
+  raise ValueError(f"no checkpoint in {workdir}: expected {workdir}/stage1/checkpoints or "
+                   f"{workdir}/stage2/checkpoints (train first, or convert one with "
+                   "python -m aknet_jax.convert)")
+
+
+def load_model_variables(config: ml_collections.ConfigDict, workdir: str, *,
+                         default_kind: str = "aknet"):
+  """(kind, variables, meta, step) of config.eval.checkpoint, else of the workdir's latest stage
+  (2, then 1), checked against the config: architecture fields first, then every array's shape.
+
+  `default_kind`: the kind of a checkpoint whose meta does not record one.
+  """
+  path = config.eval.checkpoint or _latest_stage_checkpoints(workdir)
+  variables, meta, directory, step = store.load_variables(path)
+  kind = architecture.kind_of(meta) or default_kind
+  where = f"{directory}/{step}"
+  architecture.check(meta, config, kind, where)
+  trees.check_fits(variables, models.variable_shapes(config, kind), where)
+  return kind, variables, meta, step
+
+
+def merge_into(base, overlay, where: str):
+  """`base` with every array that `overlay` also has replaced by overlay's (same path and shape):
+  how a stage starts from a checkpoint holding part of its model (ImageNet weights, no classifier)."""
+  flat_base = {trees.path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(base)[0]}
+  shared = {p: x for p, x in ((trees.path_name(p), x)
+                              for p, x in jax.tree_util.tree_flatten_with_path(overlay)[0])
+            if p in flat_base}
+  trees.check_fits(shared, {p: flat_base[p] for p in shared}, where)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.asarray(shared[trees.path_name(p)], jnp.asarray(x).dtype)
+      if trees.path_name(p) in shared else x, base)
