@@ -119,6 +119,12 @@ def frames_per_segment(backbone: str) -> int:
   return 5 if backbone == "tdn" else 1
 
 
+def set_image_size(c: ml_collections.ConfigDict, size: str):
+  """`image_size=S`: the crop side, and the eval resize raised to at least S (it crops from it)."""
+  c.dataset.image_size = int(size)
+  c.dataset.resize_short = max(c.dataset.resize_short, c.dataset.image_size)
+
+
 # The variants every dataset config declares: config-string key -> the field it sets (or a
 # function (config, value) for a key that sets several). Any other field: --config.FIELD=VALUE.
 MODEL_VARIANTS = {
@@ -130,7 +136,7 @@ MODEL_VARIANTS = {
     "transform": "model.aknet.transform_mode",
     "rank": "model.aknet.transform_rank",
     "segments": "dataset.num_segments",
-    "image_size": "dataset.image_size",
+    "image_size": set_image_size,
     "init_from": "init_from",
     "data_dir": "dataset.data_dir",
     "bf16": "half_precision",
@@ -206,6 +212,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(str(config.stage) in STAGES, "stage", f"{config.stage!r} is not one of {STAGES}")
   _check(m.backbone in BACKBONES, "model.backbone", f"{m.backbone!r} is not one of {BACKBONES}")
   _check(m.depth in DEPTHS, "model.depth", f"{m.depth!r} is not one of {DEPTHS}")
+  if m.backbone == "tdn":
+    _check(m.depth in (50, 101), "model.depth",
+           f"{m.depth!r}, but backbone 'tdn' needs a bottleneck ResNet (50 or 101)")
   _check(m.width >= 8 and m.width % 8 == 0, "model.width",
          f"{m.width!r} must be a multiple of 8 and >= 8 (64 = standard ResNet)")
   _check(0.0 <= m.dropout < 1.0, "model.dropout", f"{m.dropout!r} must be in [0, 1)")
@@ -224,9 +233,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"{d.frames_per_segment!r}, but backbone {m.backbone!r} takes {want_l} frame(s) per segment")
   _check(d.image_size >= 32 and d.image_size % 32 == 0, "dataset.image_size",
          f"{d.image_size!r} must be a multiple of 32 (the backbone's total stride), e.g. 224")
-  if m.backbone == "tdn":
-    _check(m.depth in (50, 101), "model.depth",
-           f"{m.depth!r}, but backbone 'tdn' needs a bottleneck ResNet (50 or 101)")
   _check(d.resize_short >= d.image_size, "dataset.resize_short",
          f"{d.resize_short!r} must be >= dataset.image_size ({d.image_size})")
   _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size!r} must be >= 1")

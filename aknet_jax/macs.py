@@ -36,13 +36,12 @@ ROWS = (("TSN", "tsn", None), ("TSM", "tsm", None), ("TDN", "tdn", None),
 
 def row_config(backbone: str, transform: str | None, *, depth=50, width=64, frames=8,
                image_size=224, split="res4", alpha=0.3, rank=64, num_classes=174):
-  """The config of one table row: the plain backbone (stage 1) when `transform` is None."""
+  """The config of one table row (AK-Net's fields unused when `transform` is None)."""
   c = config_lib.base_config()
-  c.stage = "1" if transform is None else "2"
   c.model.backbone, c.model.depth, c.model.width = backbone, depth, width
   c.dataset.num_segments, c.dataset.image_size = frames, image_size
   c.dataset.resize_short = max(c.dataset.resize_short, image_size)
-  c.dataset.frames_per_segment = 5 if backbone == "tdn" else 1
+  c.dataset.frames_per_segment = config_lib.frames_per_segment(backbone)
   c.dataset.num_classes = num_classes
   c.model.aknet.split, c.model.aknet.alpha = split, alpha
   c.model.aknet.transform_mode = transform or "full"
@@ -65,10 +64,12 @@ def table(**kwargs) -> str:
            "|---|---|---:|---:|---:|---:|"]
   for name, backbone, transform in ROWS:
     config = row_config(backbone, transform, **kwargs)
+    kind = "video_net" if transform is None else "aknet"
     paper = PAPER_GFLOPS.get((backbone, transform)) if is_paper else None
-    shapes = models.variable_shapes(config)
-    params = [models.param_count(config, inference=i, shapes=shapes) / 1e6 for i in (False, True)]
-    lines.append(f"| {name} | {transform or '—'} | {models.gmacs(config, shapes=shapes):.2f} | "
+    shapes = models.variable_shapes(config, kind)
+    params = [models.param_count(config, kind, inference=i, shapes=shapes) / 1e6
+              for i in (False, True)]
+    lines.append(f"| {name} | {transform or '—'} | {models.gmacs(config, kind, shapes=shapes):.2f} | "
                  f"{paper if paper else '—'} | {params[0]:.1f} | {params[1]:.1f} |")
   return "\n".join(lines)
 

@@ -4,7 +4,7 @@
 
 The video is decoded with PyAV (`data.video_io`), its frames resized to the dataset's stored short
 side as the builders do, then sampled, resized, cropped and normalised exactly as at evaluation
-(`data.sampling.eval_indices`, `data.augment`). Prints the top-5 classes with probabilities and,
+(`data.eval_views`). Prints the top-5 classes with probabilities and,
 for AK-Net, writes the keypoint overlay (GIF and PNG) to WORKDIR/predict/<video name>/.
 """
 
@@ -20,23 +20,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from aknet_jax import models, train, train_step as steps, visualize
-from aknet_jax.data import augment, builders, class_names, sampling, video_io
-
-
-def class_names_for(dataset: str, num_classes: int) -> list[str]:
-  """Class names of a dataset ('class i' where no list of `num_classes` names is known)."""
-  names = None
-  if dataset == "synthetic_something":
-    from aknet_jax.data import synthetic_something  # pylint: disable=g-import-not-at-top
-    names = list(synthetic_something.CLASSES)
-  elif dataset.startswith("something_something"):
-    names = list(class_names.class_names("ssv2"))
-  elif dataset == "diving48":
-    names = list(class_names.class_names("diving48"))
-  if names is None or len(names) != num_classes:
-    names = [f"class {i}" for i in range(num_classes)]
-  return names
+from aknet_jax import models, visualize
+from aknet_jax.checkpoints import restore
+from aknet_jax.data import builders, source, video_io
+from aknet_jax.data import eval_views as eval_views_lib
+from aknet_jax.train import step as steps
 
 
 def stored_short_side(config: ml_collections.ConfigDict) -> int:
@@ -73,21 +61,11 @@ def decode_frames(path: str, short_side: int = 0) -> np.ndarray:
 
 
 def eval_views(frames: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """The eval views of a decoded clip: float32 ([V,] T*L, S, S, 3), crop-major as the pipeline.
-
-  Same ops as the eval pipeline: `eval_indices` per clip, short side to `dataset.resize_short`,
-  `eval_crops`, ImageNet normalisation. No view axis when there is one view.
-  """
-  d, e = config.dataset, config.eval
-  per_crop = [[] for _ in range(e.num_crops)]
-  for clip in range(e.num_clips):
-    idx = sampling.eval_indices(len(frames), d.num_segments, d.frames_per_segment, clip,
-                                e.num_clips).numpy()
-    resized = augment.resize_short_side(tf.constant(frames[idx]), d.resize_short)
-    for c, crop in enumerate(augment.eval_crops(resized, d.image_size, e.num_crops)):
-      per_crop[c].append(augment.normalize(crop).numpy())
-  views = [v for crop in per_crop for v in crop]
-  return views[0] if len(views) == 1 else np.stack(views)
+  """The eval views of a decoded clip: float32 ([V,] T*L, S, S, 3), crop-major, exactly as the
+  eval pipeline makes them (`data.eval_views`). No view axis when there is one view."""
+  frames = tf.constant(frames)
+  return eval_views_lib.eval_views(lambda idx: tf.gather(frames, idx), len(frames),
+                                   config).numpy()
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str, video: str, *, top: int = 5) -> dict:
@@ -97,15 +75,17 @@ def predict(config: ml_collections.ConfigDict, workdir: str, video: str, *, top:
   """
   if not video:
     raise ValueError("--video is required with --mode=predict (a video file PyAV can decode)")
-  cfg, stage, variables, _, step = train.load_checkpoint(config, workdir)
+  kind, variables, _, step = restore.load_model_variables(
+      config, workdir, default_kind="video_net" if config.stage == "1" else "aknet")
+  cfg = config
   frames = decode_frames(video, stored_short_side(cfg))
   views = eval_views(frames, cfg)
-  model = models.build(cfg)
-  with_kp = stage == "2"
+  model = models.build(cfg, kind)
+  with_kp = kind == "aknet"
   fn = jax.jit(lambda v, x: steps.eval_step(v, x, model=model, with_keypoints=with_kp))
   logits, kp = fn(variables, jnp.asarray(views)[None])
   probs = np.asarray(jax.nn.softmax(logits[0]))
-  names = class_names_for(cfg.dataset.name, cfg.dataset.num_classes)
+  names = source.class_names(cfg)
   order = np.argsort(-probs, kind="stable")[:min(top, len(probs))]
   ranked = [(names[i], float(probs[i])) for i in order]
   label = "AK-Net" if with_kp else cfg.model.backbone.upper()

@@ -14,7 +14,6 @@ DIR/sweep/runs/<point>/ and a rerun reuses the finished ones.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 
@@ -22,8 +21,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aknet_jax import cli, config as config_lib
-from aknet_jax import models, plots, profile
+from aknet_jax import cli, config as config_lib, cost, figures, models, timing
+from aknet_jax import workdir as workdir_lib
 from aknet_jax.models import keypoints
 
 ALPHAS = (0.1, 0.3, 0.5, 0.7, 1.0)
@@ -39,8 +38,8 @@ def point_name(split: str, alpha: float, mode: str) -> str:
 
 def point_config(config: ml_collections.ConfigDict, split: str, alpha: float,
                  mode: str) -> ml_collections.ConfigDict:
-  """The stage-2 (AK-Net) config of one sweep point."""
-  cfg = profile.stage_config(config, "2")
+  """The AK-Net config of one sweep point."""
+  cfg = config.copy_and_resolve_references()
   cfg.model.aknet.split, cfg.model.aknet.alpha, cfg.model.aknet.transform_mode = split, alpha, mode
   return config_lib.validate(cfg)
 
@@ -50,59 +49,54 @@ def num_points(cfg: ml_collections.ConfigDict) -> int:
   return keypoints.num_points(cfg.model.aknet.alpha, cfg.dataset.num_segments, h, w)
 
 
-def measure_costs(configs: dict, batch: int, reps: int, warmup: int = 1) -> dict:
-  """name -> {gmacs, params, params_inference, latency_ms{median,min,max}} for each config.
-
-  All configs are compiled first, then timed in the same interleaved rounds.
-  """
+def measure_costs(specs: dict, batch: int, reps: int, warmup: int = 1) -> dict:
+  """name -> {gmacs, params, params_inference, latency_ms{median,min,max}} for each
+  (config, kind). All models are compiled first, then timed in the same interleaved rounds."""
   calls, out = {}, {}
-  for i, (name, cfg) in enumerate(configs.items()):
-    shapes = models.variable_shapes(cfg)
-    variables = profile.random_variables(shapes, seed=i)
-    frames = profile.random_frames(cfg, batch)
-    compiled = profile.inference_fn(cfg).lower(variables, frames).compile()
+  for i, (name, (cfg, kind)) in enumerate(specs.items()):
+    shapes = models.variable_shapes(cfg, kind)
+    variables = timing.random_variables(shapes, seed=i)
+    frames = cost.random_frames(cfg, batch)
+    compiled = cost.inference_fn(cfg, kind).lower(variables, frames).compile()
     calls[name] = lambda c=compiled, v=variables, x=frames: c(v, x)
-    out[name] = {"gmacs": models.gmacs(cfg, shapes=shapes),
-                 "params": models.param_count(cfg, shapes=shapes),
-                 "params_inference": models.param_count(cfg, inference=True, shapes=shapes)}
-    logging.info("compiled %s (%d/%d)", name, i + 1, len(configs))
-  times = profile.time_interleaved(calls, reps, warmup)
+    out[name] = cost.static_cost(cfg, kind, shapes)
+    logging.info("compiled %s (%d/%d)", name, i + 1, len(specs))
+  times = timing.time_interleaved(calls, reps, warmup)
   for name, seconds in times.items():
-    out[name]["latency_ms"] = profile.latency_stats(seconds)
+    out[name]["latency_ms"] = timing.latency_stats(seconds)
   return out
 
 
 def stage1_result(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Metrics of the workdir's stage-1 checkpoint: from results.json, evaluated, or trained first."""
-  from aknet_jax import train  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  ckpt_dir = os.path.join(train.stage_dir(workdir, "1"), "checkpoints")
-  cfg = profile.stage_config(config, "1")
+  from aknet_jax.train import stages  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  ckpt_dir = workdir_lib.checkpoint_dir(workdir, "1")
+  cfg = config.copy_and_resolve_references()
+  cfg.stage = "1"
   has_ckpt = os.path.isdir(ckpt_dir) and any(s.isdigit() for s in os.listdir(ckpt_dir))
   if not has_ckpt:
     logging.info("No stage-1 checkpoint in %s: training stage 1 first", workdir)
-    return train.train_and_evaluate(cfg, workdir)["stage1"]
-  path = os.path.join(workdir, train.RESULTS)
-  if os.path.exists(path):
-    with open(path) as f:
-      entry = json.load(f).get("stage1")
-    if entry and "top1" in entry:
-      return entry
+    return stages.train_and_evaluate(cfg, workdir)["stage1"]
+  entry = workdir_lib.stage_result(workdir, "1")
+  if entry and "top1" in entry:
+    return entry
   cfg.eval.checkpoint = ckpt_dir
-  return train.evaluate_checkpoint(cfg, workdir)
+  return stages.evaluate_checkpoint(cfg, workdir)
 
 
 def finetune(cfg: ml_collections.ConfigDict, workdir: str, run_dir: str, steps: int) -> dict:
   """A short stage-2 fine-tune of one point from the workdir's stage-1 checkpoint; its metrics."""
-  from aknet_jax import train  # pylint: disable=g-import-not-at-top
+  from aknet_jax.train import stages  # pylint: disable=g-import-not-at-top
   cfg = cfg.copy_and_resolve_references()
   t = cfg.train
-  cfg.init_from = os.path.abspath(os.path.join(train.stage_dir(workdir, "1"), "checkpoints"))
+  cfg.stage = "2"
+  cfg.init_from = os.path.abspath(workdir_lib.checkpoint_dir(workdir, "1"))
   t.stage2_num_steps = steps
   t.warmup_steps = min(t.warmup_steps, steps // 5)
   t.checkpoint_every_steps, t.keep_checkpoints = steps, 1
   t.log_every_steps = min(t.log_every_steps, steps)
   t.eval_every_steps = 0
-  return train.train_and_evaluate(cfg, run_dir)["stage2"]
+  return stages.train_and_evaluate(cfg, run_dir)["stage2"]
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str = "config",
@@ -115,20 +109,20 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str 
   config_lib.validate(config)
   out_dir = os.path.join(workdir, "sweep")
   os.makedirs(out_dir, exist_ok=True)
-  base_cfg = profile.stage_config(config, "1")
-  base_name = profile.model_name(base_cfg)
-  configs = {base_name: base_cfg}
+  base_name = cost.model_name(config, "video_net")
+  configs = {base_name: (config, "video_net")}
   for split in splits:
     for alpha in alphas:
       for mode in modes:
-        configs[point_name(split, alpha, mode)] = point_config(config, split, alpha, mode)
+        configs[point_name(split, alpha, mode)] = (point_config(config, split, alpha, mode),
+                                                   "aknet")
 
   t0 = time.time()
   costs = measure_costs(configs, batch, reps)
   logging.info("MACs and latency of %d models in %.0fs", len(configs), time.time() - t0)
 
   rows = []
-  for name, cfg in configs.items():
+  for name, (cfg, _) in configs.items():
     is_base = name == base_name
     a, c = cfg.model.aknet, costs[name]
     rows.append({"model": "baseline" if is_base else "aknet", "name": name,
@@ -159,7 +153,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str 
       run_dir = os.path.join(out_dir, "runs", row["name"])
       metrics = finished_result(run_dir, steps)
       if metrics is None:
-        metrics = finetune(configs[row["name"]], workdir, run_dir, steps)
+        metrics = finetune(configs[row["name"]][0], workdir, run_dir, steps)
         done.append(time.time() - t_point)
       row.update({k: metrics.get(k) for k in ("top1", "top5", "keypoint_precision",
                                               "keypoint_chance")})
@@ -167,13 +161,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str 
       logging.info("sweep point %s: top1 %.4f (%d/%d)", row["name"], row["top1"], i + 1,
                    len(wanted))
       write_csv(rows, csv_path)
-  device = profile.device_name()
+  device = timing.device_name()
   plot = plot or os.path.join(out_dir, "sweep.png")
   c = config
   title = (f"{c.dataset.name}: {base_name} ResNet-{c.model.depth} (width {c.model.width}), "
            f"{c.dataset.num_segments} x {c.dataset.image_size}²; latency on {device}; "
            f"AK-Net fine-tuned {steps} steps from one stage-1 checkpoint")
-  plots.tradeoff_figure(plots.read_sweep(csv_path), plot, title=title)
+  figures.tradeoff_figure(figures.read_sweep(csv_path), plot, title=title)
   logging.info("wrote %s and %s in %.0fs", csv_path, plot, time.time() - t0)
   return rows
 
@@ -190,12 +184,8 @@ def accuracy_order(rows: list[dict], config_alpha: float) -> list[dict]:
 
 def finished_result(run_dir: str, steps: int) -> dict | None:
   """The stage-2 metrics of a point's earlier fine-tune of `steps` steps, if there is one."""
-  path = os.path.join(run_dir, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    entry = json.load(f).get("stage2")
-  return entry if entry and entry.get("step") == steps and "top1" in entry else None
+  entry = workdir_lib.stage_result(run_dir, "2", steps)
+  return entry if entry and "top1" in entry else None
 
 
 def write_csv(rows: list[dict], path: str):

@@ -1,4 +1,4 @@
-"""AK-Net end to end on a tiny net: call contract, keypoints, gradients, bf16, pmap (design §1)."""
+"""AK-Net end to end on a tiny net: call contract, keypoints, gradients, bf16, pmap."""
 
 import functools
 import os
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from aknet_jax import config as config_lib
-from aknet_jax import losses
 from aknet_jax import models
+from aknet_jax.train import losses
 
 B, T, S, K = 2, 4, 64, 5
 
@@ -38,14 +38,14 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="module")
 def setup():
   config = tiny_config()
-  variables = models.init_variables(config, jax.random.key(0))
+  variables = models.init_variables(config, "aknet", jax.random.key(0))
   frames = jax.random.normal(jax.random.key(1), (B, T, S, S, 3))
-  return config, models.build(config), variables, frames
+  return config, models.build(config, "aknet"), variables, frames
 
 
-def test_build_picks_the_model_for_the_stage():
-  assert isinstance(models.build(tiny_config(stage="1")), models.VideoNet)
-  assert isinstance(models.build(tiny_config(stage="both")), models.AKNet)
+def test_build_picks_the_model_for_the_kind():
+  assert isinstance(models.build(tiny_config(stage="1"), "video_net"), models.VideoNet)
+  assert isinstance(models.build(tiny_config(stage="both"), "aknet"), models.AKNet)
   assert models.feature_grid(tiny_config()) == (4, 4) and models.feature_stride(tiny_config()) == 16
   assert models.feature_grid(tiny_config(**{"model.aknet.split": "res3"})) == (8, 8)
 
@@ -112,7 +112,7 @@ def test_gradients_reach_the_heatmap_only_through_aux_head_and_regularizer(setup
 
 def test_bfloat16_runs_and_returns_float32_logits(setup):
   _, _, variables, frames = setup
-  model = models.build(tiny_config(half_precision=True))
+  model = models.build(tiny_config(half_precision=True), "aknet")
   out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
                                             rngs={"dropout": jax.random.key(0)}))(variables, frames)
   assert out["logits"].dtype == out["aux_logits"].dtype == out["heatmap"].dtype == jnp.float32
@@ -122,7 +122,7 @@ def test_bfloat16_runs_and_returns_float32_logits(setup):
 def test_too_few_points_is_a_clear_error():
   config = tiny_config(**{"model.aknet.alpha": 0.001})  # round(0.001 * 4 * 4 * 4) = 0.
   with pytest.raises(ValueError, match=r"model\.aknet\.alpha.*N >= 1"):
-    jax.eval_shape(functools.partial(models.init_variables, config), jax.random.key(0))
+    jax.eval_shape(functools.partial(models.init_variables, config, "aknet"), jax.random.key(0))
 
 
 _PMAP_SCRIPT = textwrap.dedent('''
@@ -130,7 +130,8 @@ _PMAP_SCRIPT = textwrap.dedent('''
     sys.path[:0] = [{root!r}, {tests!r}]
     import jax, jax.numpy as jnp, numpy as np
     from test_aknet import tiny_config
-    from aknet_jax import losses, models
+    from aknet_jax import models
+    from aknet_jax.train import losses
     assert jax.local_device_count() == 2
     config = tiny_config()
     with open({variables!r}, 'rb') as f:
@@ -138,7 +139,7 @@ _PMAP_SCRIPT = textwrap.dedent('''
     labels = jnp.arange(2)
 
     def step(params, stats, x, y):
-      model = models.build(config, bn_axis_name='batch')
+      model = models.build(config, 'aknet', bn_axis_name='batch')
       def loss_fn(params):
         out, _ = model.apply({{'params': params, 'batch_stats': stats}}, x, train=True,
                              mutable=['batch_stats'], rngs={{'dropout': jax.random.key(0)}})
@@ -149,7 +150,7 @@ _PMAP_SCRIPT = textwrap.dedent('''
     rep = lambda t: jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), t)
     loss, logits, grads = jax.pmap(step, axis_name='batch')(
         rep(variables['params']), rep(variables['batch_stats']), frames[:, None], labels[:, None])
-    model = models.build(config)
+    model = models.build(config, 'aknet')
     train = lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
                                      rngs={{'dropout': jax.random.key(0)}})
     out, _ = jax.jit(train)(variables, frames)

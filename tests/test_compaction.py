@@ -10,7 +10,6 @@ from flax import traverse_util
 
 from aknet_jax import config as config_lib
 from aknet_jax import models
-from aknet_jax.models.backbone import VideoBackbone
 
 B, T, S = 2, 4, 64
 
@@ -27,7 +26,7 @@ def tiny_config(backbone="tsm", depth=18, stage="2", width=8, split="res4"):
 
 def random_stage1(config, seed=0):
   """Stage-1 VideoNet variables of the right shapes filled with random values (no compile)."""
-  shapes = jax.eval_shape(functools.partial(models.init_variables, config), jax.random.key(0))
+  shapes = jax.eval_shape(functools.partial(models.init_variables, config, "video_net"), jax.random.key(0))
   rng = np.random.default_rng(seed)
   fill = lambda path, s: (rng.uniform(0.5, 1.5, s.shape) if path[-1].key in ("var", "scale")
                           else 0.2 * rng.normal(size=s.shape)).astype(np.float32)
@@ -70,11 +69,11 @@ def test_compacted_tsm_net_keeps_the_backbone_output_at_the_split():
   assert set(stage2["params"]["points"]) == {"layer4_0", "layer4_1"}
 
   frames = jax.random.normal(jax.random.key(1), (B, T, S, S, 3))
-  model = models.build(config2)
+  model = models.build(config2, "aknet")
 
   @jax.jit
   def run(stage1, stage2, frames):
-    ref = VideoBackbone(config1).apply(
+    ref = models.build(config1, "backbone").apply(
         {"params": stage1["params"]["backbone"], "batch_stats": stage1["batch_stats"]["backbone"]},
         frames, train=False, upto="res4")
     logits, state = model.apply(stage2, frames, train=False,

@@ -26,9 +26,22 @@ def test_variants_from_the_config_string():
   assert (c.model.backbone, c.stage, c.model.aknet.alpha) == ("tdn", "2", 0.5)
   assert (c.model.aknet.split, c.model.aknet.transform_mode) == ("res3", "lowrank")
   assert c.dataset.frames_per_segment == 5 and c.train.lr_policy == "uniform"
-  c = load("ssv2", "backbone=tsn,model.depth=101,train.lr_steps=10+20")
-  assert c.model.depth == 101 and tuple(c.train.lr_steps) == (10, 20)
+  c = load("ssv2", "backbone=tsn,depth=101")
+  assert c.model.depth == 101
   assert c.dataset.frames_per_segment == 1 and c.train.lr_policy == "tsm"
+  # A variant a config declares on a tuple field takes '+'-separated values of its type.
+  config_lib.apply_variants(c, "lr_steps=10+20", {"lr_steps": "train.lr_steps"})
+  assert tuple(c.train.lr_steps) == (10, 20)
+
+
+def test_one_override_language_dotted_fields_go_through_the_config_flag():
+  """Config strings take only the variants their file declares; any field is --config.FIELD."""
+  with pytest.raises(ValueError, match=r"unknown field 'model.depth'.*--config.FIELD=VALUE"):
+    load("ssv2", "model.depth=101")
+  with pytest.raises(ValueError, match="unknown field 'tiny'"):
+    load("ssv2", "tiny")  # A variant of configs/synthetic.py only.
+  c = load("synthetic", "tiny,batch=8")  # Left to right: `batch` refines `tiny`.
+  assert (c.train.batch_size, c.model.width) == (8, 8)
 
 
 @pytest.mark.parametrize("arg,field", [

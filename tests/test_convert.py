@@ -15,8 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from aknet_jax import checkpoints, convert, train
-from aknet_jax.models.video_net import VideoNet
+from aknet_jax import checkpoints, convert, models
+from aknet_jax.checkpoints import architecture, pytorch
+from aknet_jax.checkpoints.torch_layout import imagenet_to_variables, torch_to_variables
+from aknet_jax.train import stages
 from conftest import ROOT, load_config
 
 torch = pytest.importorskip("torch")
@@ -77,9 +79,9 @@ def test_tsm_checkpoint_becomes_a_stage1_checkpoint(tsm):
   assert "module.base_model.layer1.0.conv1.net.weight" in state
   variables, meta = _variables(os.path.join(workdir, "stage1", "checkpoints", "0"))
   cfg = load_config("synthetic", f"{TINY64},stage=1")
-  assert meta["architecture"] == checkpoints.architecture(cfg, "1")
+  assert meta["architecture"] == architecture.record(cfg, "video_net")
   assert meta["converted_from"]["classifier"] == "checkpoint" and meta["step"] == 0
-  direct = jax.tree_util.tree_map(np.asarray, convert.torch_to_variables(state, cfg))
+  direct = jax.tree_util.tree_map(np.asarray, torch_to_variables(state, cfg))
   _assert_trees_equal(variables, direct)
 
 
@@ -112,7 +114,8 @@ def test_main_eval_of_converted_checkpoint_gives_the_logits_of_torch_to_variable
       import sys
       import numpy as np
       from absl import app
-      from aknet_jax import main, train_step
+      from aknet_jax import main
+      from aknet_jax.train import step as train_step
       real, seen = train_step.pmapped_eval_step, []
       def recording(model, with_keypoints=False):
         p_eval = real(model, with_keypoints)
@@ -141,8 +144,8 @@ def test_main_eval_of_converted_checkpoint_gives_the_logits_of_torch_to_variable
   assert frames.shape[1:] == (T, 32, 32, 3) and len(frames) >= 16
 
   cfg = load_config("synthetic", f"{TINY64},stage=1")
-  direct = jax.jit(lambda v, x: VideoNet(cfg).apply(v, x, train=False))(
-      convert.torch_to_variables(state, cfg), frames)
+  direct = jax.jit(lambda v, x: models.build(cfg, "video_net").apply(v, x, train=False))(
+      torch_to_variables(state, cfg), frames)
   np.testing.assert_allclose(logits, np.asarray(direct), rtol=1e-5,
                              atol=1e-6 * np.abs(logits).max())
   with torch.no_grad():
@@ -156,11 +159,11 @@ def test_stage2_builds_aknet_from_the_converted_checkpoint(tsm, tiny_data_dir, t
   _, _, converted = tsm
   workdir = str(tmp_path / "run")
   shutil.copytree(converted, workdir)
-  real, compacted = train.models.compact, []
-  monkeypatch.setattr(train.models, "compact", lambda v, *a: compacted.append(v) or real(v, *a))
-  cfg = load_config("synthetic", f"{TINY64},stage=2,data_dir={tiny_data_dir},"
-                                  "train.stage2_num_steps=2,eval.num_keypoint_images=0")
-  results = train.train_and_evaluate(cfg, workdir)
+  real, compacted = models.compact, []
+  monkeypatch.setattr(models, "compact", lambda v, *a: compacted.append(v) or real(v, *a))
+  cfg = load_config("synthetic", f"{TINY64},stage=2,data_dir={tiny_data_dir}")
+  cfg.train.stage2_num_steps, cfg.eval.num_keypoint_images = 2, 0
+  results = stages.train_and_evaluate(cfg, workdir)
   assert set(results) == {"stage2"} and results["stage2"]["num_examples"] == 16
   converted_vars, _ = _variables(os.path.join(converted, "stage1", "checkpoints", "0"))
   _assert_trees_equal(compacted[0], converted_vars)
@@ -183,10 +186,10 @@ def test_stage1_in_a_converted_workdir_starts_from_the_converted_weights(tsm, ti
     started.append((config.init_from, params, kw["new_classifier"]))
     raise _Started
 
-  monkeypatch.setattr(train.optim, "create_optimizer", create_optimizer)
+  monkeypatch.setattr(stages.optim, "create_optimizer", create_optimizer)
   cfg = load_config("synthetic", f"{TINY64},stage=both,data_dir={tiny_data_dir}")
   with pytest.raises(_Started):
-    train.train_and_evaluate(cfg, workdir)
+    stages.train_and_evaluate(cfg, workdir)
   init_from, params, new_classifier = started[0]
   assert init_from == os.path.join(workdir, "stage1", "checkpoints", "0")
   assert not new_classifier  # A trained classifier: no x5 / x10 lr (TSM's fc_lr5 off).
@@ -201,7 +204,7 @@ def test_torchvision_imagenet_file_initialises_the_backbone_only(tmp_path):
   out = _cli("torchvision", tmp_path / "resnet18.pth", TINY64, tmp_path / "imagenet")
   assert out.returncode == 0, out.stderr[-3000:]
   variables, meta = _variables(str(tmp_path / "imagenet" / "checkpoints" / "0"))
-  assert meta["backbone_only"] and meta["architecture"] == {"stage": "1", "backbone": "tsm",
+  assert meta["backbone_only"] and meta["architecture"] == {"kind": "backbone", "backbone": "tsm",
                                                             "depth": 18, "width": 64}
   assert set(variables["params"]) == {"backbone"}  # The 1000-class fc is dropped.
 
@@ -209,8 +212,8 @@ def test_torchvision_imagenet_file_initialises_the_backbone_only(tmp_path):
   cfg = load_config("synthetic", f"{TINY64},stage=1")
   with cfg.unlocked():
     cfg.init_from, cfg.dataset.num_classes = str(tmp_path / "imagenet"), 5
-  init = train.initial_variables(cfg, str(tmp_path / "run"), "1", jax.random.PRNGKey(0))
-  assert train.classifier_is_new(cfg)  # TSM's fc_lr5 from ImageNet: new_fc at x5 / x10 lr.
+  init = stages.initial_variables(cfg, str(tmp_path / "run"), "1", jax.random.PRNGKey(0))
+  assert stages.classifier_is_new(cfg)  # TSM's fc_lr5 from ImageNet: new_fc at x5 / x10 lr.
   np.testing.assert_array_equal(init["params"]["backbone"]["layer2_0"]["conv2"]["kernel"],
                                 net.layer2[0].conv2.weight.detach().numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(init["batch_stats"]["backbone"]["bn1"]["var"],
@@ -224,7 +227,7 @@ def test_imagenet_weights_for_tdn_follow_its_initialisation():
   torch.manual_seed(1)
   state = torchvision.models.resnet50().state_dict()
   cfg = load_config("synthetic", "tiny,backbone=tdn,depth=50,width=64")
-  variables = convert.imagenet_to_variables(state, cfg)
+  variables = imagenet_to_variables(state, cfg)
   b = variables["params"]["backbone"]
   for name in ("conv1", "conv2", "conv3", "downsample_conv"):
     np.testing.assert_array_equal(b["resnext_layer1_0"][name]["kernel"],
@@ -255,8 +258,8 @@ def test_tdn_checkpoint_through_the_cli(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   variables, meta = _variables(str(tmp_path / "run" / "stage1" / "checkpoints" / "0"))
   cfg = load_config("synthetic", config + ",stage=1")
-  assert meta["architecture"] == checkpoints.architecture(cfg, "1")
-  direct = jax.tree_util.tree_map(np.asarray, convert.torch_to_variables(state, cfg))
+  assert meta["architecture"] == architecture.record(cfg, "video_net")
+  direct = jax.tree_util.tree_map(np.asarray, torch_to_variables(state, cfg))
   _assert_trees_equal(variables, direct)
   assert "use --source=tdn" in _error("tsm", tmp_path / "tdn.pth.tar", "tiny", tmp_path / "other")
 
@@ -288,7 +291,8 @@ def test_class_count_mismatch_on_the_command_line(tsm, tmp_path):
 def test_drop_classifier_starts_a_fresh_one(tsm, tmp_path):
   model, _, _ = tsm
   torch.save(_official(model), tmp_path / "tsm.pth")
-  cfg = load_config("synthetic", f"{TINY64},dataset.num_classes=10")
+  cfg = load_config("synthetic", TINY64)
+  cfg.dataset.num_classes = 10
   step_dir = convert.convert_checkpoint("tsm", str(tmp_path / "tsm.pth"), cfg,
                                         str(tmp_path / "run"), drop_classifier=True)
   variables, meta = _variables(step_dir)
@@ -356,9 +360,10 @@ def test_torch_is_needed_only_to_read_pytorch_files():
   script = textwrap.dedent("""
       import sys
       sys.modules["torch"] = None  # Any `import torch` now fails.
-      import aknet_jax.checkpoints, aknet_jax.convert, aknet_jax.models, aknet_jax.optim
+      import aknet_jax.checkpoints, aknet_jax.convert, aknet_jax.models, aknet_jax.train.optim
+      from aknet_jax.checkpoints import pytorch
       try:
-        aknet_jax.convert.load_state_dict(sys.executable)
+        pytorch.load_state_dict(sys.executable)
       except ValueError as e:
         print(e)
   """)

@@ -8,14 +8,13 @@ import pytest
 
 from aknet_jax import macs
 from aknet_jax import models
-from aknet_jax.models.backbone import VideoBackbone
 
 N = round(0.3 * 8 * 14 * 14)  # 470 keypoints at res4, 8 frames, 224^2.
 C, K = 1024, 174
 
 
 def _backbone_gmacs(config, upto):
-  model = VideoBackbone(config)
+  model = models.build(config, "backbone")
   frames = jax.ShapeDtypeStruct(models.input_shape(config), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False, upto=upto),
                           frames)
@@ -26,9 +25,9 @@ def _backbone_gmacs(config, upto):
 @pytest.mark.parametrize("backbone,paper", [("tsm", 33.0), ("tdn", 36.0)])
 def test_backbones_match_the_paper_table(backbone, paper):
   config = macs.row_config(backbone, None)
-  assert abs(models.gmacs(config) / paper - 1) < 0.05
+  assert abs(models.gmacs(config, "video_net") / paper - 1) < 0.05
   # Reference counts of the PyTorch models (K = 174; TDN without its unused conv1_temp).
-  assert models.param_count(config) == {"tsm": 23_864_558, "tdn": 24_410_574}[backbone]
+  assert models.param_count(config, "video_net") == {"tsm": 23_864_558, "tdn": 24_410_574}[backbone]
 
 
 def test_point_subnet_and_transform_costs_match_an_analytic_count():
@@ -37,14 +36,14 @@ def test_point_subnet_and_transform_costs_match_an_analytic_count():
   q = N * C * 512 + n2 * (3 * 512 * 512 + 512 * 2048 + C * 2048)  # layer4_0, with the shortcut.
   q += 2 * n2 * (2048 * 512 + 3 * 512 * 512 + 512 * 2048)  # layer4_1, layer4_2.
   heads = 8 * 14 * 14 * C + (C + 2048) * K  # Heatmap mix and classifier (the aux head is not run).
-  measured = models.gmacs(none) - _backbone_gmacs(none, "res4")
+  measured = models.gmacs(none, "aknet") - _backbone_gmacs(none, "res4")
   assert abs(measured / ((q + heads) / 1e9) - 1) < 0.03
 
   full = macs.row_config("tsm", "full")
   c3 = C + 3
   trunk = N * (c3 * 64 + 64 * 128 + 128 * 1024) + 1024 * 512 + 512 * 256
   transform = trunk + 256 * c3 * c3 + N * c3 * C  # Predict A, then the first C columns of P A.
-  assert abs((models.gmacs(full) - models.gmacs(none)) / (transform / 1e9) - 1) < 0.03
+  assert abs((models.gmacs(full, "aknet") - models.gmacs(none, "aknet")) / (transform / 1e9) - 1) < 0.03
 
 
 def test_transform_and_aux_parameter_counts():
@@ -53,15 +52,15 @@ def test_transform_and_aux_parameter_counts():
   convs = (c3 * 64 + 64) + (64 * 128 + 128) + (128 * 1024 + 1024)
   dense = (1024 * 512 + 512) + (512 * 256 + 256) + (256 * c3 * c3 + c3 * c3)
   bn = 2 * (64 + 128 + 1024 + 512 + 256)
-  assert models.param_count(full) - models.param_count(none) == convs + dense + bn
+  assert models.param_count(full, "aknet") - models.param_count(none, "aknet") == convs + dense + bn
   aux = 2 * (9 * C * C + 2 * C) + (C * K + K)
-  assert models.param_count(full) - models.param_count(full, inference=True) == aux
+  assert models.param_count(full, "aknet") - models.param_count(full, "aknet", inference=True) == aux
 
 
 def test_counting_allocates_no_weights():
   config = macs.row_config("tdn", "full")  # ~310 M parameters: 1.2 GB if materialised.
   before = sum(x.nbytes for x in jax.live_arrays())
-  assert 31.0 < models.gmacs(config) < 33.5 and models.param_count(config) > 300e6
+  assert 31.0 < models.gmacs(config, "aknet") < 33.5 and models.param_count(config, "aknet") > 300e6
   assert sum(x.nbytes for x in jax.live_arrays()) - before < 2**20
 
 

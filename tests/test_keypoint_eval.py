@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from aknet_jax import evaluate, visualize
+from aknet_jax import visualize
+from aknet_jax.train import evaluate
 
 
 def test_precision_scores_cell_coverage_and_chance_is_the_area_fraction():

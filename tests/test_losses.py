@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aknet_jax import config as config_lib
-from aknet_jax import losses
+from aknet_jax.train import losses
 
 
 def _np_ce(logits, labels):

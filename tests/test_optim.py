@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aknet_jax import config as config_lib, optim
+from aknet_jax import config as config_lib
+from aknet_jax.train import optim
 
 torch = pytest.importorskip("torch")
 

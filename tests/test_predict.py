@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from aknet_jax import checkpoints, models, predict
-from aknet_jax.data import augment, sampling
+from aknet_jax.checkpoints import architecture
+from aknet_jax.data import augment, sampling, synthetic_something
 from conftest import ROOT, load_config
 
 TINY = "tiny,stage=2"
@@ -38,8 +39,8 @@ def stage2_workdir(tmp_path_factory):
   """A workdir whose stage2/checkpoints holds a freshly initialised tiny AK-Net."""
   workdir = tmp_path_factory.mktemp("predict_run")
   cfg = load_config("synthetic", TINY)
-  variables = models.init_variables(cfg, jax.random.PRNGKey(0))
-  meta = {"architecture": checkpoints.architecture(cfg, "2"), "step": 4}
+  variables = models.init_variables(cfg, "aknet", jax.random.PRNGKey(0))
+  meta = {"architecture": architecture.record(cfg, "aknet"), "step": 4}
   checkpoints.write_variables(str(workdir / "stage2" / "checkpoints"), 4, variables, meta)
   return workdir
 
@@ -76,8 +77,8 @@ def test_predict_from_the_command_line_prints_five_classes_and_writes_the_gif(st
   assert [l.split(".")[0] for l in lines] == ["1", "2", "3", "4", "5"], out.stdout
   probs = [float(l.rsplit(None, 1)[1]) for l in lines]
   assert probs == sorted(probs, reverse=True) and all(0 < p < 1 for p in probs)
-  assert all(l.split(None, 1)[1].rsplit(None, 1)[0] in predict.class_names_for(
-      "synthetic_something", 8) for l in lines)
+  assert all(l.split(None, 1)[1].rsplit(None, 1)[0] in synthetic_something.CLASSES
+             for l in lines)
   gif = stage2_workdir / "predict" / "moving square" / "clip_000.gif"
   assert gif.exists()
   with av.open(str(gif)) as g:  # One GIF frame per segment.

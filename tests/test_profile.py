@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 
-from aknet_jax import models, profile
+from aknet_jax import cost, models, timing
 from conftest import ROOT, load_config
 
 
@@ -22,7 +22,7 @@ def test_cli_writes_the_json_report_with_both_models_per_batch(tmp_path):
   report = json.loads(out.read_text())
   assert isinstance(report["device"], str) and report["device"].startswith("cpu")
   cfg = load_config("synthetic", "tiny")
-  base, ak = (profile.model_name(profile.stage_config(cfg, s)) for s in "12")
+  base, ak = (cost.model_name(cfg, kind) for kind in ("video_net", "aknet"))
   assert base == "TSM" and ak.startswith("AK-Net-TSM (")
   assert [(m["name"], m["batch"]) for m in report["models"]] == [(base, 2), (ak, 2)]
   for m in report["models"]:
@@ -30,10 +30,9 @@ def test_cli_writes_the_json_report_with_both_models_per_batch(tmp_path):
     lat = m["latency_ms"]
     assert set(lat) == {"median", "min", "max"} and 0 < lat["min"] <= lat["median"] <= lat["max"]
     assert math.isclose(m["clips_per_s"], m["batch"] / lat["median"] * 1e3, rel_tol=1e-9)
-    stage = "1" if m["name"] == base else "2"
-    stage_cfg = profile.stage_config(cfg, stage)
-    assert math.isclose(m["gmacs"], models.gmacs(stage_cfg), rel_tol=1e-9)
-    assert m["params"] == models.param_count(stage_cfg, inference=True)
+    kind = "video_net" if m["name"] == base else "aknet"
+    assert math.isclose(m["gmacs"], models.gmacs(cfg, kind), rel_tol=1e-9)
+    assert m["params"] == models.param_count(cfg, kind, inference=True)
     # Weights (float32) and the input clip are the compiled call's arguments.
     frames = m["batch"] * math.prod(models.input_shape(cfg)[1:]) * 4
     assert m["memory"]["arguments_bytes"] >= 4 * m["params"] + frames
@@ -48,8 +47,8 @@ def test_cli_writes_the_json_report_with_both_models_per_batch(tmp_path):
 
 
 def test_train_step_throughput_entry():
-  cfg = profile.stage_config(load_config("synthetic", "tiny,backbone=tsn"), "1")
-  entry = profile.profile_train_step(cfg, 2, reps=2)
+  cfg = load_config("synthetic", "tiny,backbone=tsn")
+  entry = cost.profile_train_step(cfg, "video_net", 2, reps=2)
   assert entry["batch"] == 2 and entry["bf16"] is False and entry["mfu"] is None  # CPU: no peak.
   lat = entry["step_ms"]
   assert 0 < lat["min"] <= lat["median"] <= lat["max"]
@@ -57,7 +56,7 @@ def test_train_step_throughput_entry():
   assert lat["max"] < 1000
   assert math.isclose(entry["clips_per_s"], 2 / lat["median"] * 1e3)
   # The step's flops: forward + backward of 2 clips, at least twice the inference MACs x 2 clips.
-  assert entry["tflops_per_step"] * 1e12 > 2 * 2 * 2 * models.gmacs(cfg) * 1e9
+  assert entry["tflops_per_step"] * 1e12 > 2 * 2 * 2 * models.gmacs(cfg, "video_net") * 1e9
 
 
 def test_interleaved_timing_runs_every_function_each_round():
@@ -70,19 +69,19 @@ def test_interleaved_timing_runs_every_function_each_round():
       return np.zeros(())
     return fn
 
-  times = profile.time_interleaved({"slow": make("slow", 0.02), "fast": make("fast", 0.002)},
+  times = timing.time_interleaved({"slow": make("slow", 0.02), "fast": make("fast", 0.002)},
                                    reps=3, warmup=1)
   assert order == ["slow", "fast"] * 4
   assert len(times["slow"]) == len(times["fast"]) == 3
   assert min(times["slow"]) >= 0.02 and np.median(times["fast"]) < np.median(times["slow"])
-  stats = profile.latency_stats([0.003, 0.001, 0.002])
+  stats = timing.latency_stats([0.003, 0.001, 0.002])
   assert stats == {"median": 2.0, "min": 1.0, "max": 3.0}
 
 
 def test_random_variables_have_the_structure_and_he_scale_of_the_model():
-  cfg = profile.stage_config(load_config("synthetic", "tiny"), "2")
-  shapes = models.variable_shapes(cfg)
-  variables = profile.random_variables(shapes)
+  cfg = load_config("synthetic", "tiny")
+  shapes = models.variable_shapes(cfg, "aknet")
+  variables = timing.random_variables(shapes)
   assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
       jax.tree_util.tree_map(lambda s: 0, shapes))
   kernel = np.asarray(variables["params"]["head"]["kernel"])
@@ -94,9 +93,9 @@ def test_random_variables_have_the_structure_and_he_scale_of_the_model():
 
 
 def test_aknet_pieces_chained_reproduce_the_whole_model():
-  cfg = profile.stage_config(load_config("synthetic", "tiny,transform=full"), "2")
+  cfg = load_config("synthetic", "tiny,transform=full")
   # He-scaled random weights everywhere (also in T's last layer): a wrong piece shows in the logits.
-  variables = profile.random_variables(models.variable_shapes(cfg))
-  parts = profile.aknet_parts(cfg, variables, 2, reps=1, warmup=0)
+  variables = timing.random_variables(models.variable_shapes(cfg, "aknet"))
+  parts = cost.aknet_parts(cfg, variables, 2, reps=1, warmup=0)
   assert parts["logits_rel_diff"] < 1e-4
   assert len(parts["ms"]) == 6 and all(v > 0 for v in parts["ms"].values())

@@ -7,7 +7,7 @@ import pytest
 
 from aknet_jax import config as config_lib
 from aknet_jax.models import resnet
-from aknet_jax.models.backbone import VideoBackbone
+from aknet_jax import models
 
 
 def _config(backbone="tsm", depth=50, width=8, t=2, **model):
@@ -26,11 +26,11 @@ def _frames(c, size=64, clips=1, seed=0):
 
 def test_stage_tables():
   assert resnet.STAGES == ("res2", "res3", "res4", "res5")
-  assert resnet.stage_channels(_config(depth=50, width=64)) == {
+  assert resnet.stage_channels(50, 64) == {
       "res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
-  assert resnet.stage_channels(_config(depth=18, width=64)) == {
+  assert resnet.stage_channels(18, 64) == {
       "res2": 64, "res3": 128, "res4": 256, "res5": 512}
-  assert resnet.stage_channels(_config(depth=101, width=16))["res4"] == 256
+  assert resnet.stage_channels(101, 16)["res4"] == 256
   assert resnet.stage_strides() == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
@@ -39,11 +39,11 @@ def test_stage_tables():
 def test_feature_shapes_and_only_stages_up_to_upto(backbone, upto):
   c = _config(backbone, t=3)
   frames = jax.ShapeDtypeStruct((2, 3 * c.dataset.frames_per_segment, 96, 64, 3), jnp.float32)
-  model = VideoBackbone(c)
+  model = models.build(c, "backbone")
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False, upto=upto), frames)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, upto=upto), variables, frames)
   stride = resnet.stage_strides()[upto]
-  assert out.shape == (6, 96 // stride, 64 // stride, resnet.stage_channels(c)[upto])
+  assert out.shape == (6, 96 // stride, 64 // stride, resnet.stage_channels(c.model.depth, c.model.width)[upto])
   last = resnet.STAGES.index(upto) + 1
   names = set(variables["params"])
   assert f"layer{last}_0" in names and f"layer{last + 1}_0" not in names
@@ -91,7 +91,7 @@ def test_bn_momentum_and_partial_bn(backbone, depth, partial_bn):
   TDN runs up to res3, which has all its kinds of BN (bn1_5, resnext_layer1, mSE)."""
   c = _config(backbone, depth, t=2, partial_bn=partial_bn)
   frames = _frames(c, clips=2)
-  model = VideoBackbone(c)
+  model = models.build(c, "backbone")
   upto = "res3" if backbone == "tdn" else "res5"
   before = _random_variables(model, frames, upto)
   _, state = jax.jit(lambda v, x: model.apply(v, x, train=True, upto=upto, mutable=["batch_stats"],
@@ -114,7 +114,7 @@ def test_init_distributions():
   c = _config("tdn", width=64, t=2)
   frames = jnp.zeros((1, 10, 64, 64, 3))
   key = jax.random.key(1, impl="rbg")  # Compiles faster than threefry on CPU.
-  params = jax.jit(lambda x: VideoBackbone(c).init(key, x, train=False, upto="res2"))(
+  params = jax.jit(lambda x: models.build(c, "backbone").init(key, x, train=False, upto="res2"))(
       frames)["params"]
   kernel = np.asarray(params["layer1_1"]["conv2"]["kernel"])  # 3x3, 64 -> 64
   assert abs(kernel.std() / np.sqrt(2 / (9 * 64)) - 1) < 0.02
@@ -151,5 +151,5 @@ def test_bad_input_raises_one_line_value_error(change, shape, match):
     c.dataset.frames_per_segment = change["frames_per_segment"]
   frames = jnp.zeros(shape or (1, 2, 64, 64, 3))
   with pytest.raises(ValueError, match=match) as info:  # Raised before any computation.
-    VideoBackbone(c).init(jax.random.key(0), frames, train=False, upto=upto)
+    models.build(c, "backbone").init(jax.random.key(0), frames, train=False, upto=upto)
   assert "\n" not in str(info.value)

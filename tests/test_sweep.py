@@ -8,7 +8,8 @@ import jax
 import pytest
 from PIL import Image
 
-from aknet_jax import checkpoints, models, sweep, train
+from aknet_jax import checkpoints, models, sweep
+from aknet_jax.checkpoints import architecture
 from conftest import load_config
 
 
@@ -39,17 +40,16 @@ def test_costs_of_every_point_in_the_csv_and_plot(tmp_path):
     assert float(low["gmacs"]) > float(non["gmacs"])
     assert int(low["params_inference"]) > int(non["params_inference"])
   point = sweep.point_config(cfg, "res3", 0.5, "none")
-  assert float(by_name["res3_a0.5_none"]["gmacs"]) == pytest.approx(models.gmacs(point))
+  assert float(by_name["res3_a0.5_none"]["gmacs"]) == pytest.approx(models.gmacs(point, "aknet"))
   assert Image.open(tmp_path / "sweep" / "sweep.png").size[0] > 500
 
 
 def test_accuracy_from_a_fine_tune_of_the_shared_stage1_checkpoint(tiny_data_dir, tmp_path,
                                                                   monkeypatch):
   cfg = load_config("synthetic", f"tiny,transform=none,data_dir={tiny_data_dir}")
-  stage1 = train.stage_config(cfg, "1")
-  variables = models.init_variables(stage1, jax.random.PRNGKey(0))
+  variables = models.init_variables(cfg, "video_net", jax.random.PRNGKey(0))
   checkpoints.write_variables(str(tmp_path / "stage1" / "checkpoints"), 4, variables,
-                              {"architecture": checkpoints.architecture(stage1, "1"), "step": 4})
+                              {"architecture": architecture.record(cfg, "video_net"), "step": 4})
   (tmp_path / "results.json").write_text(json.dumps({"stage1": {"top1": 0.25, "top5": 0.75}}))
   kwargs = dict(accuracy="config", steps=2, batch=1, reps=1, splits=("res4",), alphas=(1.0,),
                 modes=("lowrank", "none"))

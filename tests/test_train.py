@@ -12,14 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aknet_jax import models, optim, train, train_step as steps
+from aknet_jax import checkpoints, models
+from aknet_jax.checkpoints import architecture
+from aknet_jax.train import evaluate, optim, stages, step as steps
+from aknet_jax.workdir import STAGE_KINDS
 from aknet_jax.data import pipeline
 from conftest import ROOT, load_config
 
 
 def _state(cfg, num_steps=10):
-  model = models.build(cfg, bn_axis_name=steps.AXIS)
-  variables = models.init_variables(cfg, jax.random.PRNGKey(0))
+  kind = STAGE_KINDS[cfg.stage]
+  model = models.build(cfg, kind, bn_axis_name=steps.AXIS)
+  variables = models.init_variables(cfg, kind, jax.random.PRNGKey(0))
   tx, schedule = optim.create_optimizer(cfg, variables["params"], num_steps)
   return model, steps.create_state(model, variables, tx), schedule
 
@@ -50,11 +54,12 @@ def test_pmap_over_two_devices_equals_one_device_with_the_same_global_batch():
       os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
       sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
       import functools, flax, jax, numpy as np
-      from aknet_jax import models, optim, train_step as steps
+      from aknet_jax import models
+      from aknet_jax.train import optim, step as steps
       from conftest import load_config
       cfg = load_config("synthetic", "tiny,stage=2,dropout=0")
-      model = models.build(cfg, bn_axis_name=steps.AXIS)
-      variables = models.init_variables(cfg, jax.random.PRNGKey(0))
+      model = models.build(cfg, 'aknet', bn_axis_name=steps.AXIS)
+      variables = models.init_variables(cfg, 'aknet', jax.random.PRNGKey(0))
       tx, schedule = optim.create_optimizer(cfg, variables["params"], 10)
       state = steps.create_state(model, variables, tx)
       d = cfg.dataset
@@ -89,9 +94,9 @@ def test_eval_counts_every_example_exactly_once(tiny_data_dir):
   cfg = load_config("synthetic", f"tiny,stage=1,data_dir={tiny_data_dir}")
   with cfg.unlocked():
     cfg.eval.batch_size = 3  # Does not divide the split: the last batch is padded and masked.
-  model = models.build(cfg)
-  variables = flax.jax_utils.replicate(models.init_variables(cfg, jax.random.PRNGKey(0)))
-  res = train.eval_lib.evaluate(cfg, steps.pmapped_eval_step(model), variables)
+  model = models.build(cfg, "video_net")
+  variables = flax.jax_utils.replicate(models.init_variables(cfg, "video_net", jax.random.PRNGKey(0)))
+  res = evaluate.evaluate(cfg, steps.pmapped_eval_step(model), variables)
   n = pipeline.num_examples(cfg, cfg.dataset.eval_split)
   assert n % 3 != 0
   assert sorted(res.indices) == list(range(n))
@@ -100,15 +105,15 @@ def test_eval_counts_every_example_exactly_once(tiny_data_dir):
 
 
 def _final_params(workdir):
-  directory, step = train.checkpoints.find_checkpoint(os.path.join(workdir, "stage1", "checkpoints"))
-  variables, meta = train.checkpoints.read_variables(directory, step)
+  directory, step = checkpoints.find_checkpoint(os.path.join(workdir, "stage1", "checkpoints"))
+  variables, meta = checkpoints.read_variables(directory, step)
   return step, variables
 
 
 def test_resume_continues_from_the_saved_step_with_identical_results(tiny_data_dir, tmp_path,
                                                                      monkeypatch):
   cfg = load_config("synthetic", f"tiny,stage=1,data_dir={tiny_data_dir}")
-  train.train_and_evaluate(cfg, str(tmp_path / "straight"))
+  stages.train_and_evaluate(cfg, str(tmp_path / "straight"))
 
   real = pipeline.create_train_iterator
   seen = []
@@ -123,12 +128,12 @@ def test_resume_continues_from_the_saved_step_with_identical_results(tiny_data_d
 
   monkeypatch.setattr(pipeline, "create_train_iterator", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
+    stages.train_and_evaluate(cfg, str(tmp_path / "resumed"))
   # The classifier's lr multipliers are those the run started with (stored in the checkpoint):
   # resuming needs no init_from checkpoint any more, even a vanished one.
   with cfg.unlocked():
     cfg.init_from = str(tmp_path / "deleted_imagenet_weights")
-  train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  stages.train_and_evaluate(cfg, str(tmp_path / "resumed"))
   assert seen == [0, 2]  # The second run resumed at the step-2 checkpoint's data position.
   step_a, a = _final_params(str(tmp_path / "straight"))
   step_b, b = _final_params(str(tmp_path / "resumed"))
@@ -168,10 +173,10 @@ def test_both_stages_from_the_command_line_then_eval_in_a_new_process(tiny_data_
 
 def test_eval_of_a_checkpoint_of_another_architecture_fails_in_one_line(tiny_data_dir, tmp_path):
   cfg = load_config("synthetic", f"tiny,stage=1,data_dir={tiny_data_dir}")
-  variables = models.init_variables(cfg, jax.random.PRNGKey(0))
-  meta = {"architecture": train.checkpoints.architecture(cfg, "1"), "step": 0}
-  train.checkpoints.write_variables(str(tmp_path / "stage1" / "checkpoints"), 0, variables, meta)
+  variables = models.init_variables(cfg, "video_net", jax.random.PRNGKey(0))
+  meta = {"architecture": architecture.record(cfg, "video_net"), "step": 0}
+  checkpoints.write_variables(str(tmp_path / "stage1" / "checkpoints"), 0, variables, meta)
   other = load_config("synthetic", f"tiny,stage=1,depth=34,data_dir={tiny_data_dir}")
   with pytest.raises(ValueError, match="model.depth") as e:
-    train.evaluate_checkpoint(other, str(tmp_path))
+    stages.evaluate_checkpoint(other, str(tmp_path))
   assert "\n" not in str(e.value)

@@ -13,8 +13,7 @@ import optax
 import pytest
 
 from aknet_jax import config as config_lib
-from aknet_jax.models.backbone import VideoBackbone
-from aknet_jax.models.video_net import VideoNet
+from aknet_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +34,7 @@ def _frames(c, size=64, clips=2, seed=0):
 
 def _shapes(c, size=64):
   frames = jax.ShapeDtypeStruct(_frames(c, size, 1).shape, jnp.float32)
-  return jax.eval_shape(lambda x: VideoNet(c).init(jax.random.key(0), x, train=False), frames)
+  return jax.eval_shape(lambda x: models.build(c, "video_net").init(jax.random.key(0), x, train=False), frames)
 
 
 def _count(tree):
@@ -82,12 +81,12 @@ def test_outputs_consensus_and_dropout():
   c = _config("tsn", 18, t=3, dropout=0.5)
   variables = _random_variables(c)
   frames = _frames(c, size=32)
-  net = VideoNet(c)
+  net = models.build(c, "video_net")
   logits = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, frames)
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
   # TSN frames are independent in eval mode: one-frame clips give the per-frame logits.
   c1 = _config("tsn", 18, t=1)
-  per_frame = VideoNet(c1).apply(variables, frames.reshape((6, 1) + frames.shape[2:]), train=False)
+  per_frame = models.build(c1, "video_net").apply(variables, frames.reshape((6, 1) + frames.shape[2:]), train=False)
   np.testing.assert_allclose(logits, per_frame.reshape(2, 3, 5).mean(1), rtol=1e-5, atol=1e-5)
 
   train = jax.jit(lambda v, x, r: net.apply(v, x, train=True, rngs={"dropout": r},
@@ -104,7 +103,7 @@ def test_outputs_consensus_and_dropout():
 def test_new_fc_init():
   c = _config("tsn", 18, width=64, t=1, k=174)
   key = jax.random.key(3, impl="rbg")  # Compiles faster than threefry on CPU.
-  params = jax.jit(lambda x: VideoNet(c).init(key, x, train=False))(
+  params = jax.jit(lambda x: models.build(c, "video_net").init(key, x, train=False))(
       jnp.zeros((1, 1, 32, 32, 3)))["params"]
   kernel = np.asarray(params["new_fc"]["kernel"])
   assert kernel.shape == (512, 174) and abs(kernel.std() / 0.001 - 1) < 0.03
@@ -117,13 +116,13 @@ def test_gradients_reach_every_parameter(backbone, depth):
   c = _config(backbone, depth, t=2, dropout=0.2)
   frames, labels = _frames(c), jnp.array([1, 3])
   if backbone == "tdn":
-    model = VideoBackbone(c)
+    model = models.build(c, "backbone")
     variables = _random_variables(c, model, upto="res3")
     apply = lambda v: model.apply(v, frames, train=True, upto="res3", mutable=["batch_stats"])
     loss_of = lambda out: jnp.mean(jnp.sin(out.astype(jnp.float32)))
   else:
     variables = _random_variables(c)
-    apply = lambda v: VideoNet(c).apply(v, frames, train=True, rngs={"dropout": jax.random.key(0)},
+    apply = lambda v: models.build(c, "video_net").apply(v, frames, train=True, rngs={"dropout": jax.random.key(0)},
                                         mutable=["batch_stats"])
     loss_of = lambda out: optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
 
@@ -145,11 +144,11 @@ def test_bf16_keeps_fp32_params(backbone, depth):
   c16.half_precision = True
   frames = _frames(c)
   if backbone == "tdn":
-    model, model16 = VideoBackbone(c), VideoBackbone(c16)
+    model, model16 = models.build(c, "backbone"), models.build(c16, "backbone")
     variables = _random_variables(c, model, upto="res3")
     kw = dict(upto="res3")
   else:
-    model, model16 = VideoNet(c), VideoNet(c16)
+    model, model16 = models.build(c, "video_net"), models.build(c16, "video_net")
     variables, kw = _random_variables(c), {}
   shapes16 = jax.eval_shape(lambda x: model16.init(jax.random.key(0), x, train=False, **kw), frames)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(shapes16))
@@ -172,7 +171,7 @@ def test_bf16_keeps_fp32_params(backbone, depth):
 _PMAP_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from aknet_jax import config as config_lib
-    from aknet_jax.models.video_net import VideoNet
+    from aknet_jax import models
     import sys
     assert jax.local_device_count() == 2, jax.devices()
     backbone = sys.argv[1]
@@ -184,11 +183,11 @@ _PMAP_SCRIPT = textwrap.dedent("""
     S = 64 if backbone == "tdn" else 32  # TDN's stem downsamples 4x more before res2.
     frames = jax.random.normal(jax.random.key(0), (4, 3 * L, S, S, 3))
     key = jax.random.key(1, impl="rbg")  # Compiles faster than threefry on CPU.
-    variables = jax.jit(lambda x: VideoNet(c).init(key, x, train=False))(frames)
+    variables = jax.jit(lambda x: models.build(c, "video_net").init(key, x, train=False))(frames)
 
     def step(v, x, axis_name):
       def loss(p):
-        out, state = VideoNet(c, bn_axis_name=axis_name).apply(
+        out, state = models.build(c, "video_net", bn_axis_name=axis_name).apply(
             {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])
         return jnp.mean(out["logits"] ** 2), (out["logits"], state["batch_stats"])
       grads, (logits, stats) = jax.grad(loss, has_aux=True)(v["params"])

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aknet_jax import plots, visualize
-from aknet_jax.models.backbone import VideoBackbone
+from aknet_jax import figures, models, visualize
 from conftest import load_config
 
 BLACK = -5.0  # A normalised value that decodes to 0 in every channel.
@@ -45,9 +44,9 @@ def test_each_point_marks_its_cell_in_its_frame_only(stride, size, frames_per_se
 
 def test_point_to_pixel_is_within_half_a_cell_of_the_measured_receptive_field_centre():
   """Independent reference: the support of d feature[y, x] / d input of the real backbone."""
-  cfg = load_config("synthetic", "tiny,backbone=tsn,segments=1,image_size=64,"
-                    "dataset.resize_short=64")
-  model = VideoBackbone(cfg)
+  cfg = load_config("synthetic", "tiny,backbone=tsn,segments=1,image_size=64")
+  assert cfg.dataset.resize_short == 64
+  model = models.build(cfg, "backbone")
   image = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 64, 64, 3))
   stride, cell = 4, 7  # res2: cell 7's receptive field is [7, 49], inside the 64 px image.
   variables = model.init(jax.random.PRNGKey(0), image, train=False, upto="res2")
@@ -96,14 +95,14 @@ def test_per_class_bar_chart_orders_by_gain_and_skips_empty_classes(tmp_path):
   for name, table in (("ak", ak), ("base", base)):
     paths.append(tmp_path / f"{name}.json")
     paths[-1].write_text(json.dumps(table))
-  acc, ref = plots.read_per_class(str(paths[0])), plots.read_per_class(str(paths[1]))
+  acc, ref = figures.read_per_class(str(paths[0])), figures.read_per_class(str(paths[1]))
   assert np.isnan(acc[2]) and acc[1] == 1.0
   out = tmp_path / "fig4.png"
-  shown = plots.per_class_figure(acc, str(out), baseline=ref, class_names=list("abcd"))
+  shown = figures.per_class_figure(acc, str(out), baseline=ref, class_names=list("abcd"))
   assert shown == [1, 0, 3]  # Gains +1.0, 0, -0.5; class 2 has no examples.
   assert Image.open(out).size[0] > 100
-  assert plots.per_class_figure(acc, str(out), max_classes=2) == [1, 3]  # Best and worst.
+  assert figures.per_class_figure(acc, str(out), max_classes=2) == [1, 3]  # Best and worst.
   bad = tmp_path / "bad.json"
   bad.write_text("[1, 2]")
   with pytest.raises(ValueError, match="bad.json"):
-    plots.read_per_class(str(bad))
+    figures.read_per_class(str(bad))

@@ -21,3 +21,10 @@ def names_file(which: str) -> str:
   """Path of the shipped class-name file (for `tfds.features.ClassLabel(names_file=...)`)."""
   class_names(which)  # Validates `which`.
   return str(importlib.resources.files("aknet_jax.data").joinpath("classes", _FILES[which]))
+
+
+def for_dataset(dataset: str, num_classes: int) -> tuple[str, ...]:
+  """The shipped names of a real dataset's classes; 'class i' where no list of that size exists."""
+  which = "ssv2" if dataset.startswith("something_something") else dataset
+  names = class_names(which) if which in _FILES else ()
+  return names if len(names) == num_classes else tuple(f"class {i}" for i in range(num_classes))

@@ -15,8 +15,6 @@ Batches: dicts of NumPy arrays with leading (num_local_devices, per_device_batch
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from typing import Iterator
 
 import jax
@@ -26,81 +24,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aknet_jax.data import augment
-from aknet_jax.data import builders
+from aknet_jax.data import eval_views
 from aknet_jax.data import sampling
+from aknet_jax.data import source
+from aknet_jax.data.source import class_names, num_examples  # noqa: F401  (the pipeline's facts)
 
-GENERATED = ("synthetic_something",)  # Built on first use (generated, nothing to download).
 NO_FLIP = ("something_something_v1", "something_something_v2")  # Flip changes their labels.
 _ORDER, _EXAMPLE = 1, 2  # Seed streams: example order, per-example randomness.
-
-
-@dataclasses.dataclass
-class _Dataset:
-  """A prepared split opened for random access."""
-  source: object  # Sequence of serialized tf.train.Example bytes, by position in the split.
-  has_masks: bool
-
-
-def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  d = config.dataset
-  if d.name not in builders.BUILDERS:
-    raise ValueError(f"config.dataset.name: {d.name!r} is not one of {sorted(builders.BUILDERS)}")
-  configs = [c.name for c in builders.BUILDERS[d.name].BUILDER_CONFIGS]
-  if d.builder_config and d.builder_config not in configs:
-    raise ValueError(f"config.dataset.builder_config: {d.builder_config!r} is not one of "
-                     f"{configs} for {d.name}")
-  builder = tfds.builder(d.name, data_dir=d.data_dir or None, config=d.builder_config or None)
-  if not builder.is_prepared():
-    if d.name in GENERATED:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    else:
-      config_flag = f" --config={d.builder_config}" if d.builder_config else ""
-      raise ValueError(
-          f"dataset {d.name} is not prepared in {os.fspath(builder.data_dir_root)}: run "
-          f"python -m aknet_jax.data.build --dataset={d.name} --manual_dir=DIR "
-          f"--data_dir={os.fspath(builder.data_dir_root)}{config_flag}")
-  return builder
-
-
-def _open(config: ml_collections.ConfigDict, split: str) -> _Dataset:
-  """Opens `split` for random access, checks it against the config and sets has_masks."""
-  builder = _builder(config)
-  if split not in builder.info.splits:
-    raise ValueError(f"split {split!r} of {config.dataset.name} is not one of "
-                     f"{sorted(builder.info.splits)} (config.dataset.train_split/eval_split)")
-  try:
-    source = builder.as_data_source(
-        split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  except NotImplementedError:
-    raise ValueError(
-        f"{config.dataset.name} in {os.fspath(builder.data_dir)} was prepared as "
-        f"{builder.info.file_format.value}; the pipeline reads array_record (the builders' "
-        "default): rebuild it with python -m aknet_jax.data.build") from None
-  features = builder.info.features
-  num_classes = features["label"].num_classes
-  if config.dataset.num_classes != num_classes:
-    raise ValueError(f"config.dataset.num_classes: {config.dataset.num_classes} but "
-                     f"{config.dataset.name} has {num_classes} classes")
-  has_masks = "masks" in features
-  if config.dataset.has_masks != has_masks and not isinstance(config,
-                                                              ml_collections.FrozenConfigDict):
-    config.dataset.has_masks = has_masks
-  return _Dataset(source, has_masks)
-
-
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The dataset's class names, from its TFDS `ClassLabel` feature."""
-  return list(_builder(config).info.features["label"].names)
-
-
-def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
-  """Number of examples of `split` of the configured dataset (prepares synthetic data if needed)."""
-  builder = _builder(config)
-  if split not in builder.info.splits:
-    raise ValueError(f"split {split!r} of {config.dataset.name} is not one of "
-                     f"{sorted(builder.info.splits)}")
-  return builder.info.splits[split].num_examples
 
 
 def _layout(global_batch: int, field: str, process_index, process_count, num_local_devices):
@@ -127,7 +57,7 @@ def _seed(*parts) -> tf.Tensor:
   return seed
 
 
-def _fetch_and_parse(ds: _Dataset, index: tf.Tensor) -> dict:
+def _fetch_and_parse(ds: source.Split, index: tf.Tensor) -> dict:
   """Reads example `index` and parses it; frames (and masks) stay encoded (one string per frame)."""
   def read(i):
     return np.bytes_(ds.source[int(i)])
@@ -160,7 +90,7 @@ def _centre_frames(indices: tf.Tensor, num_segments: int, frames_per_segment: in
   return tf.reshape(indices, [num_segments, frames_per_segment])[:, frames_per_segment // 2]
 
 
-def _train_example(ds: _Dataset, config, index, epoch) -> dict:
+def _train_example(ds: source.Split, config, index, epoch) -> dict:
   """Samples, decodes and augments one training clip; randomness from (seed, epoch, index)."""
   d = config.dataset
   t, l, s = d.num_segments, d.frames_per_segment, d.image_size
@@ -182,34 +112,20 @@ def _train_example(ds: _Dataset, config, index, epoch) -> dict:
   return out
 
 
-def _eval_example(ds: _Dataset, config, index) -> dict:
+def _eval_example(ds: source.Split, config, index) -> dict:
   """Every view (clips x crops) of one eval clip; index -1 is padding (example 0, mask False)."""
-  d, e = config.dataset, config.eval
-  t, l, s = d.num_segments, d.frames_per_segment, d.image_size
+  d = config.dataset
   ex = _fetch_and_parse(ds, tf.maximum(index, 0))
   n = tf.shape(ex["frames"])[0]
-  views, mask_views = [[] for _ in range(e.num_crops)], [[] for _ in range(e.num_crops)]
-  for clip in range(e.num_clips):
-    idx = sampling.eval_indices(n, t, l, clip, e.num_clips)
-    frames = augment.resize_short_side(_decode_jpegs(tf.gather(ex["frames"], idx)), d.resize_short)
-    for c, crop in enumerate(augment.eval_crops(frames, s, e.num_crops)):
-      views[c].append(augment.normalize(crop))
-    if ds.has_masks:
-      masks = augment.resize_short_side(
-          _decode_masks(tf.gather(ex["masks"], _centre_frames(idx, t, l))), d.resize_short)
-      for c, crop in enumerate(augment.eval_crops(masks, s, e.num_crops)):
-        mask_views[c].append(tf.clip_by_value(crop[..., 0] / 255.0, 0.0, 1.0))
-  out = {"frames": _stack_views(views), "label": tf.cast(ex["label"], tf.int32),
-         "mask": index >= 0, "index": index}
+  out = {"frames": eval_views.eval_views(lambda idx: _decode_jpegs(tf.gather(ex["frames"], idx)),
+                                         n, config),
+         "label": tf.cast(ex["label"], tf.int32), "mask": index >= 0, "index": index}
   if ds.has_masks:
-    out["target_mask"] = _stack_views(mask_views)
+    out["target_mask"] = eval_views.eval_views(
+        lambda idx: _decode_masks(tf.gather(ex["masks"], idx)), n, config,
+        finish=lambda crop: tf.clip_by_value(crop[..., 0] / 255.0, 0.0, 1.0),
+        select=lambda idx: _centre_frames(idx, d.num_segments, d.frames_per_segment))
   return out
-
-
-def _stack_views(per_crop: list[list[tf.Tensor]]) -> tf.Tensor:
-  """Views crop-major, then clip (TSM's multi-crop layout); no view axis for a single view."""
-  views = [v for crop in per_crop for v in crop]
-  return views[0] if len(views) == 1 else tf.stack(views)
 
 
 def _to_devices(batch: dict, num_devices: int, per_device: int) -> dict:
@@ -243,7 +159,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_batch: int
   host, hosts, devices, per_host, per_device = _layout(
       config.train.batch_size, "train.batch_size", process_index, process_count,
       num_local_devices)
-  data = _open(config, config.dataset.train_split)
+  data = source.open_split(config, config.dataset.train_split)
   total = len(data.source)
   per_epoch = total // config.train.batch_size  # Whole global batches per epoch (drop_last).
   if per_epoch == 0:
@@ -277,7 +193,7 @@ def create_eval_iterator(config: ml_collections.ConfigDict, *, split=None, proce
   split = split or config.dataset.eval_split
   host, hosts, devices, per_host, per_device = _layout(
       config.eval.batch_size, "eval.batch_size", process_index, process_count, num_local_devices)
-  data = _open(config, split)
+  data = source.open_split(config, split)
   total = len(data.source)
   lo, hi = _shard(total, host, hosts)
   largest_shard = -(-total // hosts)

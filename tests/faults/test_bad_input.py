@@ -10,6 +10,7 @@ import pytest
 
 import faultlib
 from aknet_jax import checkpoints, models
+from aknet_jax.checkpoints import architecture
 from conftest import load_config
 
 CFG = faultlib.CONFIG
@@ -64,10 +65,10 @@ def test_workdir_and_data_dir_errors(tmp_path):
 def _stage2_checkpoint(workdir, data_dir):
   """A stage-2 (AK-Net, split res3) checkpoint of the tiny config, as evaluation reads it."""
   cfg = load_config("synthetic", f"tiny,stage=2,data_dir={data_dir}")
-  shapes = jax.eval_shape(lambda: models.init_variables(cfg, jax.random.PRNGKey(0)))
+  shapes = jax.eval_shape(lambda: models.init_variables(cfg, "aknet", jax.random.PRNGKey(0)))
   variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   checkpoints.write_variables(os.path.join(workdir, "stage2", "checkpoints"), 4, variables,
-                              {"architecture": checkpoints.architecture(cfg, "2"), "step": 4})
+                              {"architecture": architecture.record(cfg, "aknet"), "step": 4})
 
 
 def _damaged_dataset(data_dir, tmp_path):

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import faultlib
-from aknet_jax import checkpoints, models, optim, train_step as steps
+from aknet_jax import checkpoints, models
+from aknet_jax.checkpoints import architecture
+from aknet_jax.train import optim, step as steps
 from conftest import load_config
 
 FILE_LIMIT = 200_000  # Bytes: above every log file of a run, below a checkpoint's array files.
@@ -107,10 +109,10 @@ DAMAGE = [(_truncate_array_data, 6), (_flip_array_bytes, 6), (_delete_the_train_
 def _state_template(cfg):
   """A train state of zeros with the config's structure: restoring fills in every value (built
   from shapes alone, so nothing is compiled)."""
-  model = models.build(cfg, bn_axis_name=steps.AXIS)
+  model = models.build(cfg, "video_net", bn_axis_name=steps.AXIS)
 
   def create():
-    variables = flax.core.unfreeze(models.init_variables(cfg, jax.random.PRNGKey(0)))
+    variables = flax.core.unfreeze(models.init_variables(cfg, "video_net", jax.random.PRNGKey(0)))
     tx, _ = optim.create_optimizer(cfg, variables["params"], faultlib.NUM_STEPS)
     return steps.create_state(model, variables, tx)
   return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(create))
@@ -148,7 +150,7 @@ def test_damaged_latest_step_is_reported_moved_aside_and_the_previous_step_resto
   ckpts = checkpoints.StageCheckpoints(stage, keep=3)
   with caplog.at_level(logging.WARNING):
     restored, meta, step = ckpts.restore_latest(
-        state, lambda m, where: checkpoints.check_architecture(m, cfg, "1", where))
+        state, lambda m, where: architecture.check(m, cfg, "video_net", where))
   ckpts.close()
   assert step == 6 and meta["step"] == 6 and int(restored.step) == 6
   faultlib.assert_identical(steps.variables_of(restored), faultlib.variables_at(ref["workdir"], 6))
@@ -180,7 +182,7 @@ def test_a_checkpoint_of_another_configuration_is_an_error_not_damage(template, 
   ckpts = checkpoints.StageCheckpoints(stage, keep=3)
   with pytest.raises(ValueError, match="model.depth"):
     ckpts.restore_latest(
-        state, lambda m, where: checkpoints.check_architecture(m, other, "1", where))
+        state, lambda m, where: architecture.check(m, other, "video_net", where))
   wide_state = _state_template(load_config("synthetic", "tiny,stage=1,width=16"))
   with pytest.raises(ValueError, match="other shapes") as e:
     ckpts.restore_latest(wide_state)  # Shapes differ where meta cannot tell: still no damage.

@@ -1,0 +1,181 @@
+"""A model's measured cost: MACs, parameters, inference latency and memory, the training step's
+speed and MFU, and AK-Net's time per piece (its own methods, each jitted alone).
+
+A model is `(config, kind)` as `models.build` takes it. MACs are XLA's cost analysis of one clip's
+jitted inference (flops / 2, the paper's "GFLOPs"). Models timed together run in interleaved
+rounds, so load from other processes falls on all alike; ratios are also taken round by round.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from aknet_jax import models
+from aknet_jax.models import AKNet
+from aknet_jax.timing import latency_stats, peak_tflops, random_variables, time_interleaved
+from aknet_jax.train import optim, step as steps
+
+
+def model_name(config: ml_collections.ConfigDict, kind: str) -> str:
+  """'TSM' for the baseline, 'AK-Net-TSM (res4, alpha 0.3, full)' for AK-Net."""
+  base = config.model.backbone.upper()
+  if kind != "aknet":
+    return base
+  a = config.model.aknet
+  return f"AK-Net-{base} ({a.split}, alpha {a.alpha:g}, {a.transform_mode})"
+
+
+def inference_fn(config: ml_collections.ConfigDict, kind: str):
+  """The jitted inference of `models.build(config, kind)`: (variables, frames) -> logits."""
+  model = models.build(config, kind)
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def random_frames(config: ml_collections.ConfigDict, batch: int, seed: int = 0) -> jax.Array:
+  """A batch of N(0, 1) clips of the config's input shape."""
+  shape = (batch,) + models.input_shape(config)[1:]
+  return jax.device_put(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
+def _memory(compiled) -> dict:
+  """Memory: weights + inputs of the compiled call; XLA's temporaries and the device's peak where
+  the backend reports them (XLA:CPU plans no temporaries, and CPU devices keep no statistics)."""
+  out = {"arguments_bytes": None, "xla_temp_bytes": None, "device_peak_bytes": None}
+  try:
+    analysis = compiled.memory_analysis()
+    out["arguments_bytes"] = int(analysis.argument_size_in_bytes)
+    if jax.default_backend() != "cpu":
+      out["xla_temp_bytes"] = int(analysis.temp_size_in_bytes)
+  except (AttributeError, NotImplementedError, TypeError):
+    pass
+  stats = jax.local_devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  return out
+
+
+def static_cost(config: ml_collections.ConfigDict, kind: str, shapes: dict | None = None) -> dict:
+  """{gmacs, params, params_inference} of a model, from its traced shapes (nothing allocated)."""
+  shapes = models.variable_shapes(config, kind) if shapes is None else shapes
+  return {"gmacs": models.gmacs(config, kind, shapes=shapes),
+          "params": models.param_count(config, kind, shapes=shapes),
+          "params_inference": models.param_count(config, kind, inference=True, shapes=shapes)}
+
+
+def profile_inference(specs: list[tuple], batch: int, *, reps: int = 5, warmup: int = 1,
+                      variables: list | None = None) -> list[dict]:
+  """One entry per (config, kind): name, gmacs, params, latency_ms, clips_per_s, batch, memory.
+
+  The models are timed in interleaved rounds. `variables`: per model, else random ones.
+  """
+  entries, calls = [], {}
+  for i, (cfg, kind) in enumerate(specs):
+    shapes = models.variable_shapes(cfg, kind)
+    v = variables[i] if variables else random_variables(shapes, seed=i)
+    frames = random_frames(cfg, batch)
+    compiled = inference_fn(cfg, kind).lower(v, frames).compile()
+    calls[i] = (lambda c=compiled, v=v, x=frames: c(v, x))
+    cost = static_cost(cfg, kind, shapes)
+    entries.append({"name": model_name(cfg, kind), "batch": batch, "gmacs": cost["gmacs"],
+                    "params": cost["params_inference"], "memory": _memory(compiled)})
+  times = time_interleaved(calls, reps, warmup)
+  for i, entry in enumerate(entries):
+    entry["latency_ms"] = latency_stats(times[i])
+    entry["samples_ms"] = [1e3 * t for t in times[i]]
+    entry["clips_per_s"] = batch / (entry["latency_ms"]["median"] / 1e3)
+  return entries
+
+
+def ratios(base: dict, other: dict) -> dict:
+  """MACs and latency ratios of two entries of one `profile_inference` call.
+
+  `latency_ratio_paired` is the median over rounds of the per-round ratio: both calls of a round
+  ran back to back, so a change of machine load between rounds cancels out.
+  """
+  paired = [o / b for o, b in zip(other["samples_ms"], base["samples_ms"])]
+  return {"batch": base["batch"], "model": other["name"],
+          "macs_ratio": other["gmacs"] / base["gmacs"],
+          "latency_ratio": other["latency_ms"]["median"] / base["latency_ms"]["median"],
+          "latency_ratio_paired": statistics.median(paired),
+          "latency_ratio_of_min": other["latency_ms"]["min"] / base["latency_ms"]["min"]}
+
+
+def profile_train_step(config: ml_collections.ConfigDict, kind: str, batch: int, *,
+                       reps: int = 3, warmup: int = 1) -> dict:
+  """Clips/s of the pmapped training step (one device), its flops and, on known chips, MFU."""
+  device = jax.local_devices()[:1]
+  variables = random_variables(models.variable_shapes(config, kind))
+  model = models.build(config, kind, bn_axis_name=steps.AXIS)
+  tx, schedule = optim.create_optimizer(config, variables["params"], 1000)
+  state = flax.jax_utils.replicate(steps.create_state(model, variables, tx), devices=device)
+  # Give the state the sharding the step's outputs have (mesh axis 'batch'): otherwise the second
+  # step compiles the program again, as jax.pmap keys its cache on the input shardings.
+  state = jax.pmap(lambda s: s, axis_name=steps.AXIS, devices=device)(state)
+  frames = random_frames(config, batch)[None]
+  labels = np.arange(batch, dtype=np.int32)[None] % config.dataset.num_classes
+  batch_arrays = {"frames": np.asarray(frames), "label": labels}
+  p_step = jax.pmap(lambda s, b: steps.train_step(s, b, config=config, schedule=schedule),
+                    axis_name=steps.AXIS, devices=device, donate_argnums=(0,))
+  flops = float(p_step.lower(state, batch_arrays).cost_analysis()["flops"])
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = p_step(holder["state"], batch_arrays)
+    return metrics
+
+  seconds = time_interleaved({"train": run}, reps, warmup)["train"]
+  lat = latency_stats(seconds)
+  achieved = flops / (lat["median"] / 1e3) / 1e12
+  peak = peak_tflops()
+  return {"batch": batch, "step_ms": lat, "clips_per_s": batch / (lat["median"] / 1e3),
+          "tflops_per_step": flops / 1e12, "tflops_per_s": achieved,
+          "bf16": bool(config.half_precision),
+          "mfu": achieved / peak if peak and config.half_precision else None}
+
+
+def aknet_parts(config: ml_collections.ConfigDict, variables: dict, batch: int, *,
+                reps: int = 5, warmup: int = 1, baseline: tuple | None = None) -> dict:
+  """Median ms of each piece of AK-Net's inference, each its own method jitted alone and fed the
+  previous piece's output: F up to the split; heatmap + top-k + gather + ranking + coordinates;
+  the transform net T; the point sub-net Q; pooling + the head. 'whole' is the full jitted model
+  (one fused program is usually a little faster than the sum). `baseline`: (config, kind,
+  variables) of the stage-1 model, timed in the same rounds.
+
+  Returns {'ms': {piece: median ms}, 'logits_rel_diff': max |chained - whole| / max |whole|}.
+  """
+  model = models.build(config, "aknet")
+
+  def method(fn):
+    return jax.jit(lambda *args: model.apply(variables, *args, method=fn))
+
+  f_split, select = method(AKNet.features), method(AKNet.select_keypoints)
+  transform_fn, q_fn, head_fn = (method(AKNet.transform_points), method(AKNet.point_features),
+                                 method(AKNet.classify))
+  frames = random_frames(config, batch)
+  x = f_split(frames)
+  pts, coords, _, _ = select(x)
+  pt = transform_fn(pts, coords)
+  q = q_fn(pt)
+  whole = inference_fn(config, "aknet")
+  reference = whole(variables, frames)
+  diff = float(jnp.max(jnp.abs(head_fn(x, q) - reference)) / jnp.max(jnp.abs(reference)))
+  calls = {"F (backbone to split; the baseline runs the same)": lambda: f_split(frames),
+           "heatmap + top-k + gather + rank": lambda: select(x),
+           "transform T": lambda: transform_fn(pts, coords),
+           "point sub-net Q": lambda: q_fn(pt),
+           "pool + head": lambda: head_fn(x, q),
+           "whole (one program)": lambda: whole(variables, frames)}
+  if baseline is not None:
+    base_cfg, base_kind, base_vars = baseline
+    base_fn = inference_fn(base_cfg, base_kind)
+    calls[f"baseline {model_name(base_cfg, base_kind)} (whole)"] = lambda: base_fn(base_vars,
+                                                                                  frames)
+  times = time_interleaved(calls, reps, warmup)
+  return {"ms": {name: latency_stats(s)["median"] for name, s in times.items()},
+          "logits_rel_diff": diff}
