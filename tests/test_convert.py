@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from aknet_jax import checkpoints, convert, models
-from aknet_jax.checkpoints import architecture, pytorch
+from aknet_jax.checkpoints import architecture
 from aknet_jax.checkpoints.torch_layout import imagenet_to_variables, torch_to_variables
 from aknet_jax.train import stages
 from conftest import ROOT, load_config

@@ -8,7 +8,6 @@ import textwrap
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

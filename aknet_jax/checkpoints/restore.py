@@ -8,7 +8,6 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from aknet_jax import models, workdir as workdir_lib
 from aknet_jax.checkpoints import architecture, store, trees

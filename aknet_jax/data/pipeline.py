@@ -21,7 +21,6 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from aknet_jax.data import augment
 from aknet_jax.data import eval_views

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from aknet_jax.models.batch_norm import norm_layer
