@@ -14,6 +14,7 @@ BACKBONES = ("tsn", "tsm", "tdn")
 DEPTHS = (18, 34, 50, 101)
 SPLITS = ("res2", "res3", "res4")
 TRANSFORM_MODES = ("full", "lowrank", "none")
+POINT_STRIDES = ("same", "squared")
 STAGES = ("1", "2", "both")
 OPTIMIZERS = ("sgd", "adam")
 LR_POLICIES = ("tsm", "uniform")
@@ -42,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.aknet.transform_mode = "full"
   c.model.aknet.transform_rank = 64
   c.model.aknet.se_reduction = 16
+  # Q's stride-2 blocks on the point sequence: 'same' halves the points, 'squared' divides them
+  # by 4 as the 2D stage divides its positions (set by measurement, see README).
+  c.model.aknet.point_stride = "same"
   c.model.aknet.reg_weight = 1.0  # lambda_e on the heatmap regulariser r_e.
 
   c.dataset = ml_collections.ConfigDict()
@@ -135,6 +139,7 @@ MODEL_VARIANTS = {
     "alpha": "model.aknet.alpha",
     "transform": "model.aknet.transform_mode",
     "rank": "model.aknet.transform_rank",
+    "point_stride": "model.aknet.point_stride",
     "segments": "dataset.num_segments",
     "image_size": set_image_size,
     "init_from": "init_from",
@@ -223,6 +228,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(0.0 < a.alpha <= 1.0, "model.aknet.alpha", f"{a.alpha!r} must be in (0, 1]")
   _check(a.transform_mode in TRANSFORM_MODES, "model.aknet.transform_mode",
          f"{a.transform_mode!r} is not one of {TRANSFORM_MODES}")
+  _check(a.point_stride in POINT_STRIDES, "model.aknet.point_stride",
+         f"{a.point_stride!r} is not one of {POINT_STRIDES}")
   _check(a.transform_rank >= 1, "model.aknet.transform_rank", f"{a.transform_rank!r} must be >= 1")
   _check(a.tau <= 0 or a.tau > 1, "model.aknet.tau", f"{a.tau!r} must be > 1 (or <= 0 for h + w)")
   _check(a.reg_weight >= 0, "model.aknet.reg_weight", f"{a.reg_weight!r} must be >= 0")

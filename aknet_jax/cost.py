@@ -23,12 +23,12 @@ from aknet_jax.train import optim, step as steps
 
 
 def model_name(config: ml_collections.ConfigDict, kind: str) -> str:
-  """'TSM' for the baseline, 'AK-Net-TSM (res4, alpha 0.3, full)' for AK-Net."""
+  """'TSM' for the baseline, 'AK-Net-TSM (res4, alpha 0.3, full, stride same)' for AK-Net."""
   base = config.model.backbone.upper()
   if kind != "aknet":
     return base
   a = config.model.aknet
-  return f"AK-Net-{base} ({a.split}, alpha {a.alpha:g}, {a.transform_mode})"
+  return f"AK-Net-{base} ({a.split}, alpha {a.alpha:g}, {a.transform_mode}, stride {a.point_stride})"
 
 
 def inference_fn(config: ml_collections.ConfigDict, kind: str):
@@ -106,11 +106,13 @@ def ratios(base: dict, other: dict) -> dict:
           "latency_ratio_of_min": other["latency_ms"]["min"] / base["latency_ms"]["min"]}
 
 
-def profile_train_step(config: ml_collections.ConfigDict, kind: str, batch: int, *,
-                       reps: int = 3, warmup: int = 1) -> dict:
-  """Clips/s of the pmapped training step (one device), its flops and, on known chips, MFU."""
+def train_step_runner(config: ml_collections.ConfigDict, kind: str, batch: int,
+                      variables: dict | None = None):
+  """(run, flops): `run()` takes one pmapped training step (one device) on a fixed batch of random
+  clips, keeping the state between calls; flops are XLA's count for one step."""
   device = jax.local_devices()[:1]
-  variables = random_variables(models.variable_shapes(config, kind))
+  if variables is None:
+    variables = random_variables(models.variable_shapes(config, kind))
   model = models.build(config, kind, bn_axis_name=steps.AXIS)
   tx, schedule = optim.create_optimizer(config, variables["params"], 1000)
   state = flax.jax_utils.replicate(steps.create_state(model, variables, tx), devices=device)
@@ -129,6 +131,13 @@ def profile_train_step(config: ml_collections.ConfigDict, kind: str, batch: int,
     holder["state"], metrics = p_step(holder["state"], batch_arrays)
     return metrics
 
+  return run, flops
+
+
+def profile_train_step(config: ml_collections.ConfigDict, kind: str, batch: int, *,
+                       reps: int = 3, warmup: int = 1) -> dict:
+  """Clips/s of the pmapped training step (one device), its flops and, on known chips, MFU."""
+  run, flops = train_step_runner(config, kind, batch)
   seconds = time_interleaved({"train": run}, reps, warmup)["train"]
   lat = latency_stats(seconds)
   achieved = flops / (lat["median"] / 1e3) / 1e12

@@ -28,14 +28,15 @@ flags.DEFINE_integer("num_classes", 174, "Classifier outputs (174 = Something-So
 
 # Paper Table II (8 frames, 224^2, ResNet-50, split res4, alpha 0.3, the full transform net).
 PAPER_GFLOPS = {("tsm", None): 33, ("tdn", None): 36, ("tsm", "full"): 28, ("tdn", "full"): 31}
-ROWS = (("TSN", "tsn", None), ("TSM", "tsm", None), ("TDN", "tdn", None),
-        ("AK-Net-TSM", "tsm", "full"), ("AK-Net-TSM", "tsm", "lowrank"),
-        ("AK-Net-TSM", "tsm", "none"), ("AK-Net-TDN", "tdn", "full"),
-        ("AK-Net-TDN", "tdn", "lowrank"), ("AK-Net-TDN", "tdn", "none"))
+# (name, backbone, transform mode or None for the baseline, Q's point stride).
+ROWS = (("TSN", "tsn", None, None), ("TSM", "tsm", None, None), ("TDN", "tdn", None, None)) + tuple(
+    (f"AK-Net-{b.upper()}", b, mode, stride) for b in ("tsm", "tdn")
+    for mode in ("full", "lowrank", "none") for stride in config_lib.POINT_STRIDES)
 
 
 def row_config(backbone: str, transform: str | None, *, depth=50, width=64, frames=8,
-               image_size=224, split="res4", alpha=0.3, rank=64, num_classes=174):
+               image_size=224, split="res4", alpha=0.3, rank=64, num_classes=174,
+               point_stride="same"):
   """The config of one table row (AK-Net's fields unused when `transform` is None)."""
   c = config_lib.base_config()
   c.model.backbone, c.model.depth, c.model.width = backbone, depth, width
@@ -46,6 +47,7 @@ def row_config(backbone: str, transform: str | None, *, depth=50, width=64, fram
   c.model.aknet.split, c.model.aknet.alpha = split, alpha
   c.model.aknet.transform_mode = transform or "full"
   c.model.aknet.transform_rank = rank
+  c.model.aknet.point_stride = point_stride
   return config_lib.validate(c)
 
 
@@ -59,17 +61,18 @@ def table(**kwargs) -> str:
            "GFLOPs = multiply-accumulates (paper convention) = XLA cost-analysis flops / 2. "
            "Params include AK-Net's training-only auxiliary head; the last column leaves it out.",
            "",
-           "| model | transform | GFLOPs (MACs) | paper GFLOPs | params (M) | "
+           "| model | transform | point stride | GFLOPs (MACs) | paper GFLOPs | params (M) | "
            "params at inference (M) |",
-           "|---|---|---:|---:|---:|---:|"]
-  for name, backbone, transform in ROWS:
-    config = row_config(backbone, transform, **kwargs)
+           "|---|---|---|---:|---:|---:|---:|"]
+  for name, backbone, transform, stride in ROWS:
+    config = row_config(backbone, transform, point_stride=stride or "same", **kwargs)
     kind = "video_net" if transform is None else "aknet"
     paper = PAPER_GFLOPS.get((backbone, transform)) if is_paper else None
     shapes = models.variable_shapes(config, kind)
     params = [models.param_count(config, kind, inference=i, shapes=shapes) / 1e6
               for i in (False, True)]
-    lines.append(f"| {name} | {transform or '—'} | {models.gmacs(config, kind, shapes=shapes):.2f} | "
+    lines.append(f"| {name} | {transform or '—'} | {stride or '—'} | "
+                 f"{models.gmacs(config, kind, shapes=shapes):.2f} | "
                  f"{paper if paper else '—'} | {params[0]:.1f} | {params[1]:.1f} |")
   return "\n".join(lines)
 

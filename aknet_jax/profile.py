@@ -26,7 +26,7 @@ from aknet_jax.timing import device_name, random_variables
 
 def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, warmup: int,
         train_batch: int, train_reps: int, parts: bool,
-        transform_modes: list[str] | None = None) -> dict:
+        transform_modes: list[str] | None = None, point_strides: list[str] | None = None) -> dict:
   """The whole report: inference entries per batch size, train steps, AK-Net's parts.
 
   The baseline and one AK-Net per transform mode (default: the config's) are timed together.
@@ -34,12 +34,16 @@ def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, war
   config_lib.validate(config)
   base = (config, workdir_lib.STAGE_KINDS["1"])
   aks = []
+  strides = point_strides or [config.model.aknet.point_stride]
   for mode in transform_modes or [config.model.aknet.transform_mode]:
     if mode not in config_lib.TRANSFORM_MODES:
       raise ValueError(f"--transform_modes: {mode!r} is not one of {config_lib.TRANSFORM_MODES}")
-    ak = config.copy_and_resolve_references()
-    ak.model.aknet.transform_mode = mode
-    aks.append((ak, "aknet"))
+    for stride in strides:
+      if stride not in config_lib.POINT_STRIDES:
+        raise ValueError(f"--point_strides: {stride!r} is not one of {config_lib.POINT_STRIDES}")
+      ak = config.copy_and_resolve_references()
+      ak.model.aknet.transform_mode, ak.model.aknet.point_stride = mode, stride
+      aks.append((ak, "aknet"))
   report = {"device": device_name(), "backend": jax.default_backend(),
             "config": {"backbone": config.model.backbone, "depth": int(config.model.depth),
                        "width": int(config.model.width),
@@ -131,6 +135,10 @@ def define_flags():
   flags.DEFINE_bool("parts", False, "Also time AK-Net piece by piece (where does the time go).")
   flags.DEFINE_list("transform_modes", [], "AK-Net transform modes to time against the baseline "
                     "in the same rounds (default: the config's).")
+  flags.DEFINE_list("point_strides", [], "AK-Net point strides (same, squared) to time in the "
+                    "same rounds, each with every transform mode (default: the config's).")
+  flags.DEFINE_enum("against", None, ["torch"], "Instead: time the config's TSN / TSM against "
+                    "the PyTorch reference with the same weights (needs the convert extra).")
 
 
 def main(argv):
@@ -142,9 +150,18 @@ def main(argv):
   if not batches or min(batches) < 1 or FLAGS.reps < 1:
     cli.fail("--batch values and --reps must be >= 1")
   train_batch = max(batches) if FLAGS.train_batch < 0 else FLAGS.train_batch
+  if FLAGS.against == "torch":
+    from aknet_jax import against_torch  # pylint: disable=g-import-not-at-top (imports torch)
+    report = cli.call(against_torch.compare, FLAGS.config, batches, train_batch=train_batch,
+                      reps=FLAGS.reps, warmup=FLAGS.warmup)
+    print(against_torch.format_report(report))
+    if FLAGS.json:
+      cli.call(workdir_lib.write_json, FLAGS.json, report)
+    return
   report = cli.call(run, FLAGS.config, batches, reps=FLAGS.reps, warmup=FLAGS.warmup,
                     train_batch=train_batch, train_reps=FLAGS.train_reps, parts=FLAGS.parts,
-                    transform_modes=FLAGS.transform_modes or None)
+                    transform_modes=FLAGS.transform_modes or None,
+                    point_strides=FLAGS.point_strides or None)
   print(format_report(report))
   if FLAGS.json:
     cli.call(workdir_lib.write_json, FLAGS.json, report)

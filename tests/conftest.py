@@ -6,6 +6,8 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Commands the tests start compile for real unless a test asks for the persistent cache.
+os.environ.setdefault("AKNET_COMPILATION_CACHE", "")
 
 
 def load_config(name: str, arg: str | None = None):

@@ -30,16 +30,17 @@ def test_backbones_match_the_paper_table(backbone, paper):
   assert models.param_count(config, "video_net") == {"tsm": 23_864_558, "tdn": 24_410_574}[backbone]
 
 
-def test_point_subnet_and_transform_costs_match_an_analytic_count():
-  none = macs.row_config("tsm", "none")
-  n2 = (N + 1) // 2  # The stride-2 block halves the points.
+@pytest.mark.parametrize("point_stride,s", [("same", 2), ("squared", 4)])
+def test_point_subnet_and_transform_costs_match_an_analytic_count(point_stride, s):
+  none = macs.row_config("tsm", "none", point_stride=point_stride)
+  n2 = (N + s - 1) // s  # The strided block keeps ceil(N / s) points.
   q = N * C * 512 + n2 * (3 * 512 * 512 + 512 * 2048 + C * 2048)  # layer4_0, with the shortcut.
   q += 2 * n2 * (2048 * 512 + 3 * 512 * 512 + 512 * 2048)  # layer4_1, layer4_2.
   heads = 8 * 14 * 14 * C + (C + 2048) * K  # Heatmap mix and classifier (the aux head is not run).
   measured = models.gmacs(none, "aknet") - _backbone_gmacs(none, "res4")
   assert abs(measured / ((q + heads) / 1e9) - 1) < 0.03
 
-  full = macs.row_config("tsm", "full")
+  full = macs.row_config("tsm", "full", point_stride=point_stride)
   c3 = C + 3
   trunk = N * (c3 * 64 + 64 * 128 + 128 * 1024) + 1024 * 512 + 512 * 256
   transform = trunk + 256 * c3 * c3 + N * c3 * C  # Predict A, then the first C columns of P A.
@@ -67,6 +68,7 @@ def test_counting_allocates_no_weights():
 def test_macs_table_lists_every_row():
   table = macs.table(depth=50, width=8, frames=2, image_size=64, num_classes=5, rank=4)
   rows = [line for line in table.splitlines() if line.startswith("| ") and "model" not in line]
-  assert [r.split("|")[1].strip() for r in rows] == [name for name, _, _ in macs.ROWS]
-  assert all(math.isfinite(float(r.split("|")[3])) for r in rows)
+  assert [r.split("|")[1].strip() for r in rows] == [name for name, _, _, _ in macs.ROWS]
+  assert all(math.isfinite(float(r.split("|")[4])) for r in rows)
+  assert [r.split("|")[3].strip() for r in rows] == [s or "—" for _, _, _, s in macs.ROWS]
   assert "| — |" in rows[1]  # No paper figure away from the paper's settings.

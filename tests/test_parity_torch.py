@@ -1,81 +1,20 @@
 """torchvision ResNets (random weights and BN statistics, eval mode) converted with `torch_to_variables`
-vs our TSN / TSM logits; references assembled here from torchvision + the doc's shift (section 2)."""
-
-import sys
-import types
+vs our TSN / TSM logits; references: `aknet_jax.torch_reference` (torchvision + TSM's shift)."""
 
 import jax
 import numpy as np
 import pytest
 
 from aknet_jax import config as config_lib
-from aknet_jax.convert import torch_to_variables
-from aknet_jax.models.video_net import VideoNet
+from aknet_jax import models
+from aknet_jax.checkpoints.torch_layout import torch_to_variables
 
 torch = pytest.importorskip("torch")
-if "torchvision" not in sys.modules:  # Its meta registrations do not import against this torch.
-  sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
-torchvision = pytest.importorskip("torchvision")
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from aknet_jax.torch_reference import TSN, torchvision  # noqa: E402,F401  (test_convert's)
+from aknet_jax.torch_reference import make_tsm as _make_tsm, resnet as _resnet  # noqa: E402,F401
 
 K = 7
-
-
-class Shifted(torch.nn.Module):
-  """TSM's conv wrapper (doc 2.1/2.2): shift the block input, then the wrapped conv (`.net`)."""
-
-  def __init__(self, net, t, div=8):
-    super().__init__()
-    self.net, self.t, self.div = net, t, div
-
-  def forward(self, x):
-    nt, c, h, w = x.shape
-    x = x.view(nt // self.t, self.t, c, h, w)
-    fold = c // self.div
-    out = torch.zeros_like(x)
-    out[:, :-1, :fold] = x[:, 1:, :fold]
-    out[:, 1:, fold:2 * fold] = x[:, :-1, fold:2 * fold]
-    out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
-    return self.net(out.view(nt, c, h, w))
-
-
-class TSN(torch.nn.Module):
-  """TSN wrapper (doc 1.4): base_model features per frame -> new_fc -> mean over T."""
-
-  def __init__(self, base_model, t, k):
-    super().__init__()
-    base_model.fc = torch.nn.Identity()
-    self.base_model, self.t = base_model, t
-    self.new_fc = torch.nn.Linear(base_model.inplanes, k)
-
-  def forward(self, frames):  # NumPy (B, T, H, W, 3)
-    b, t, h, w, _ = frames.shape
-    x = torch.from_numpy(np.ascontiguousarray(frames.reshape(b * t, h, w, 3).transpose(0, 3, 1, 2)))
-    return self.new_fc(self.base_model(x)).view(b, t, -1).mean(1)
-
-
-def _resnet(depth, seed):
-  torch.manual_seed(seed)
-  net = getattr(torchvision.models, f"resnet{depth}")()
-  g = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        c = m.num_features
-        m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-        m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-        m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-        m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-  return net
-
-
-def _make_tsm(net, t):
-  """Wraps conv1 of every block (every other block when layer3 has >= 23 blocks, doc 2.2)."""
-  n_round = 2 if len(net.layer3) >= 23 else 1
-  for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
-    for i, block in enumerate(stage):
-      if i % n_round == 0:
-        block.conv1 = Shifted(block.conv1, t)
-  return net
 
 
 def _config(backbone, depth, t):
@@ -90,7 +29,7 @@ def _compare(model, state, config, frames):
     want = model.eval()(frames).numpy()
   with jax.default_matmul_precision("highest"):
     variables = torch_to_variables(state, config)
-    got = jax.jit(lambda v, x: VideoNet(config).apply(v, x, train=False))(variables, frames)
+    got = jax.jit(lambda v, x: models.build(config, "video_net").apply(v, x, train=False))(variables, frames)
   assert got.dtype == np.float32 and got.shape == want.shape
   err = np.abs(np.asarray(got) - want).max() / np.abs(want).max()
   print(f"{config.model.backbone}-R{config.model.depth}: max |diff| / max |logit| = {err:.1e}")
@@ -184,7 +123,7 @@ def test_converter_imagenet_checkpoint_takes_new_fc_from_init():
     torch_to_variables(imagenet, config)
   frames = np.zeros((1, 2, 32, 32, 3), np.float32)
   key = jax.random.key(0, impl="rbg")  # Compiles faster than threefry on CPU.
-  init = jax.jit(lambda: VideoNet(config).init(key, frames, train=False))()
+  init = jax.jit(lambda: models.build(config, "video_net").init(key, frames, train=False))()
   variables = torch_to_variables(imagenet, config, init_variables=init)
   np.testing.assert_array_equal(variables["params"]["new_fc"]["kernel"],
                                 init["params"]["new_fc"]["kernel"])

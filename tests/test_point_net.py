@@ -77,12 +77,15 @@ def _load(block, params, stats, bottleneck):
       bn.running_var.copy_(t(stats[bnn]["var"]))
 
 
-@pytest.mark.parametrize("bottleneck,use_bias", [(True, True), (False, False)])
-def test_blocks_match_torch_conv1d_reference(bottleneck, use_bias):
+@pytest.mark.parametrize("bottleneck,use_bias,point_stride", [
+    (True, True, "same"), (False, False, "same"), (True, False, "squared"),
+    (False, True, "squared")])
+def test_blocks_match_torch_conv1d_reference(bottleneck, use_bias, point_stride):
   width, n = 4, 9
+  s = {"same": 2, "squared": 4}[point_stride]
   cin = width * 4 * (4 if bottleneck else 1)  # res4's output channels.
   model = point_net.PointNet((1, 1, 1, 2), first_stage=3, width=width, bottleneck=bottleneck,
-                             use_bias=use_bias)
+                             use_bias=use_bias, point_stride=point_stride)
   x = np.random.default_rng(0).normal(size=(3, n, cin)).astype(np.float32)
   variables = flax.core.unfreeze(model.init(jax.random.key(0), x, train=False))
   keys = iter(jax.random.split(jax.random.key(1), 100))
@@ -94,7 +97,7 @@ def test_blocks_match_torch_conv1d_reference(bottleneck, use_bias):
   assert "downsample_conv" in variables["params"]["layer4_0"]
   assert "downsample_conv" not in variables["params"]["layer4_1"]
   out_ch = width * 8 * (4 if bottleneck else 1)
-  ref = torch.nn.Sequential(_TorchBlock(cin, width * 8, 2, bottleneck, use_bias),
+  ref = torch.nn.Sequential(_TorchBlock(cin, width * 8, s, bottleneck, use_bias),
                             _TorchBlock(out_ch, width * 8, 1, bottleneck, use_bias)).double()
   for i, blk in enumerate(ref):
     name = f"layer4_{i}"
@@ -103,7 +106,8 @@ def test_blocks_match_torch_conv1d_reference(bottleneck, use_bias):
   with jax.default_matmul_precision("highest"):
     got_eval = model.apply(variables, x, train=False)
     got_train, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  assert got_eval.shape == (3, (n + 1) // 2, out_ch)  # The stride-2 block halves the points.
+  # The strided block keeps ceil(n / s) points: halves them ('same') or quarters them ('squared').
+  assert got_eval.shape == (3, (n + s - 1) // s, out_ch)
   for got, mode in ((got_eval, ref.eval), (got_train, ref.train)):
     mode()
     with torch.no_grad():

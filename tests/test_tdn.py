@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from aknet_jax import config as config_lib
-from aknet_jax.convert import torch_to_variables
+from aknet_jax import models
+from aknet_jax.checkpoints.torch_layout import torch_to_variables
 from aknet_jax.models import tdn
 from aknet_jax.models.temporal_shift import temporal_shift
-from aknet_jax.models.video_net import VideoNet
 
 
 def test_nearest_indices_pytorch_rule():
@@ -285,7 +285,7 @@ def test_tdn_model_parity_with_converted_torch_reference():
 
   frames = np.random.RandomState(6).randn(clips, t * 5, size, size, 3).astype(np.float32)
   with jax.default_matmul_precision("highest"):
-    got = jax.jit(lambda v, x: VideoNet(config).apply(v, x, train=False))(variables, frames)
+    got = jax.jit(lambda v, x: models.build(config, "video_net").apply(v, x, train=False))(variables, frames)
   with torch.no_grad():
     x = frames.reshape(clips * t, 5, size, size, 3).transpose(0, 1, 4, 2, 3)
     feats = ref(torch.from_numpy(np.ascontiguousarray(x.reshape(clips * t, 15, size, size))))

@@ -145,12 +145,16 @@ def test_resume_continues_from_the_saved_step_with_identical_results(tiny_data_d
 
 @pytest.mark.slow
 def test_both_stages_from_the_command_line_then_eval_in_a_new_process(tiny_data_dir, tmp_path):
-  workdir = str(tmp_path / "run")
+  workdir, cache = str(tmp_path / "run"), tmp_path / "xla_cache"
   cmd = [sys.executable, "-m", "aknet_jax.main", f"--config=configs/synthetic.py:tiny,data_dir={tiny_data_dir}",
-         f"--workdir={workdir}"]
+         f"--workdir={workdir}", f"--compilation_cache_dir={cache}"]
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
   assert "ETA" in out.stderr
+  assert len(os.listdir(cache)) >= 2  # The compiled steps, for the next process to reuse.
+  # The per-class file names the classes (TFDS ClassLabel), for plots without the dataset.
+  with open(os.path.join(workdir, "stage1", "per_class_accuracy.json")) as f:
+    assert json.load(f)["0"]["name"] == "moving left to right"
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   for stage in ("stage1", "stage2"):

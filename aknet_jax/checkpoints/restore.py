@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from aknet_jax import models, workdir as workdir_lib
-from aknet_jax.checkpoints import architecture, store, trees
+from aknet_jax.checkpoints import architecture, trees, variables as step_files
 
 
 def _latest_stage_checkpoints(workdir: str) -> str:
@@ -31,7 +31,7 @@ def load_model_variables(config: ml_collections.ConfigDict, workdir: str, *,
   `default_kind`: the kind of a checkpoint whose meta does not record one.
   """
   path = config.eval.checkpoint or _latest_stage_checkpoints(workdir)
-  variables, meta, directory, step = store.load_variables(path)
+  variables, meta, directory, step = step_files.load_variables(path)
   kind = architecture.kind_of(meta) or default_kind
   where = f"{directory}/{step}"
   architecture.check(meta, config, kind, where)

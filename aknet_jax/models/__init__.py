@@ -37,6 +37,7 @@ _AKNET_FIELDS = {
     "split": "model.aknet.split", "alpha": "model.aknet.alpha", "tau": "model.aknet.tau",
     "transform_mode": "model.aknet.transform_mode",
     "transform_rank": "model.aknet.transform_rank", "se_reduction": "model.aknet.se_reduction",
+    "point_stride": "model.aknet.point_stride",
 }
 FIELD_PATHS = {
     "backbone": _BACKBONE_FIELDS,
@@ -44,9 +45,10 @@ FIELD_PATHS = {
     "aknet": {**_BACKBONE_FIELDS, **_CLASSIFIER_FIELDS, **_AKNET_FIELDS},
 }
 KINDS = tuple(FIELD_PATHS)
-# The fields that set variable shapes: variables restore only into a model with equal values.
+# The fields a checkpoint's model and the config's must agree on: those that set variable shapes,
+# and Q's point stride, which sets what the same variables compute.
 SHAPE_FIELDS = ("backbone", "depth", "width", "num_classes", "num_segments", "split",
-                "transform_mode", "transform_rank", "se_reduction")
+                "transform_mode", "transform_rank", "se_reduction", "point_stride")
 
 
 def _read(config: ml_collections.ConfigDict, path: str):

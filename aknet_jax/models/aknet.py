@@ -61,6 +61,7 @@ class AKNet(nn.Module):
   transform_mode: str = "full"
   transform_rank: int = 64
   se_reduction: int = 16
+  point_stride: str = "same"  # Q's stride-2 blocks: 'same' halves the points, 'squared' quarters.
 
   def setup(self):
     bb = self.backbone
@@ -70,7 +71,8 @@ class AKNet(nn.Module):
     self.points = PointNet(resnet.STAGE_SIZES[bb.depth], resnet.STAGES.index(self.split) + 1,
                            bb.width, bottleneck=resnet.expansion(bb.depth) == 4,
                            use_bias=bb.backbone == "tdn", bn_momentum=bb.bn_momentum,
-                           bn_axis_name=bb.bn_axis_name, dtype=bb.dtype)
+                           bn_axis_name=bb.bn_axis_name, dtype=bb.dtype,
+                           point_stride=self.point_stride)
     self.head_dropout = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.num_classes, dtype=bb.dtype, kernel_init=_head_init)
     self.aux = AuxHead(self.num_classes, bb.bn_momentum, bb.bn_axis_name, bb.dtype)

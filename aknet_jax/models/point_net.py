@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from aknet_jax.models.batch_norm import norm_layer
 
+POINT_STRIDES = ("same", "squared")
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -65,6 +66,9 @@ class PointNet(nn.Module):
   """Stages `first_stage`.. of a ResNet (0 = res2 / layer1) over points: (B, N, C) -> (B, N', C').
 
   stage_sizes: blocks per stage, e.g. (3, 4, 6, 3); width: the base width (planes of layer1).
+  point_stride: what a stride-2 block of the 2D net does to the points: 'same' keeps stride 2
+  (halves them), 'squared' strides by 4 (divides them by 4, as the 2D stage divides its h x w
+  positions), on the kernel-3 conv and the 1x1 shortcut alike, so both give ceil(N / s) points.
   """
   stage_sizes: Sequence[int]
   first_stage: int
@@ -74,16 +78,20 @@ class PointNet(nn.Module):
   bn_momentum: float = 0.9
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
+  point_stride: str = "same"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     conv = functools.partial(_conv1d, use_bias=self.use_bias, dtype=self.dtype)
     norm = norm_layer(train=train, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
                       dtype=self.dtype)
+    if self.point_stride not in POINT_STRIDES:
+      raise ValueError(f"point_stride: {self.point_stride!r} is not one of {POINT_STRIDES}")
+    down = 4 if self.point_stride == "squared" else 2
     block = Bottleneck1D if self.bottleneck else BasicBlock1D
     x = x.astype(self.dtype)
     for i in range(self.first_stage, len(self.stage_sizes)):
       for b in range(self.stage_sizes[i]):
-        strides = 2 if b == 0 and i > 0 else 1
+        strides = down if b == 0 and i > 0 else 1
         x = block(self.width * 2**i, strides, conv, norm, name=f"layer{i + 1}_{b}")(x)
     return x

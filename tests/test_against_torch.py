@@ -1,0 +1,32 @@
+"""`profile --against=torch`: the PyTorch reference and our model get the same weights and are
+timed in the same rounds (tiny shapes here; the figures come from the ResNet-50 run)."""
+
+import pytest
+
+from conftest import load_config
+
+pytest.importorskip("torch")
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from aknet_jax import against_torch  # noqa: E402
+
+
+def test_same_weights_same_logits_and_per_round_ratios():
+  cfg = load_config("synthetic", "tiny,width=64,segments=2,backbone=tsm")
+  report = against_torch.compare(cfg, [1, 2], train_batch=2, reps=2, warmup=1)
+  assert [r["batch"] for r in report["inference"]] == [1, 2]
+  for r in report["inference"] + [report["train"]]:
+    assert len(r["ratios"]) == 2 and all(x > 0 for x in r["ratios"])
+    assert min(r["ratios"]) <= r["ratio_median"] <= max(r["ratios"])
+  # Independent check of the weight mapping: torch's logits from the same state dict.
+  assert max(r["max_abs_logit_diff"] for r in report["inference"]) < 1e-4
+  env = report["environment"]
+  assert env["torch_threads"] >= 1 and len(env["load_average"]) == 3
+  text = against_torch.format_report(report)
+  assert "| training step | 2 |" in text and "load average" in text
+
+
+def test_only_torchvision_shaped_tsn_and_tsm():
+  with pytest.raises(ValueError, match="model.width=8"):
+    against_torch.compare(load_config("synthetic", "tiny"), [1], train_batch=0, reps=1)
+  with pytest.raises(ValueError, match="model.backbone='tdn'"):
+    against_torch.compare(load_config("ssv2", "backbone=tdn"), [1], train_batch=0, reps=1)
