@@ -279,7 +279,7 @@ def _error(source, path, config, workdir, **kw) -> str:
 def test_class_count_mismatch_on_the_command_line(tsm, tmp_path):
   model, _, _ = tsm
   torch.save(_official(model), tmp_path / "tsm.pth")
-  out = _cli("tsm", tmp_path / "tsm.pth", f"{TINY64},dataset.num_classes=10", tmp_path / "run")
+  out = _cli("tsm", tmp_path / "tsm.pth", TINY64, tmp_path / "run", "--config.dataset.num_classes=10")
   assert out.returncode == 2 and "Traceback" not in out.stderr
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: checkpoint:"), out.stderr

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aknet_jax import models
+from aknet_jax.models import backbone as backbone_lib
 
 # Checkpoint entries without a counterpart in the model: BN counters, ImageNet classifiers, TDN's
 # unused `conv1_temp` (and `conv1_temp1`, an alias of it in TDN's first release).
@@ -83,7 +84,12 @@ def _as_numpy(value) -> np.ndarray:
 def _expected(config) -> dict:
   """Canonical torch name -> (collection, Flax path, Flax shape, kind) per `VideoNet` variable."""
   expected = {}
-  for collection, tree in models.variable_shapes(config, "video_net").items():
+  # Weight shapes do not depend on the image size; the smallest one the backbone takes suffices.
+  cfg = config.copy_and_resolve_references()
+  size = backbone_lib.min_image_size(config.model.backbone, "res5")
+  cfg.dataset.image_size = max(cfg.dataset.image_size, size)
+  cfg.dataset.resize_short = max(cfg.dataset.resize_short, cfg.dataset.image_size)
+  for collection, tree in models.variable_shapes(cfg, "video_net").items():
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       path = tuple(p.key for p in path)
       name, kind = _torch_name(collection, path)
