@@ -19,4 +19,5 @@ def get_config(arg=None):
   c.train.lr_steps = (20, 40)
   c.train.weight_decay = 5e-4  # Coupled L2 before Adam, as PyTorch Adam(weight_decay=...).
   c.model.dropout = 0.5
+  config_lib.measured_aknet(c)
   return config_lib.finish(c, arg)

@@ -12,4 +12,5 @@ def get_config(arg=None):
   c.dataset.name = "something_something_v2"
   c.dataset.num_classes = 174
   config_lib.something_something_recipe(c)
+  config_lib.measured_aknet(c)
   return config_lib.finish(c, arg)
