@@ -183,3 +183,34 @@ def test_eval_of_a_checkpoint_of_another_architecture_fails_in_one_line(tiny_dat
   with pytest.raises(ValueError, match="model.depth") as e:
     stages.evaluate_checkpoint(other, str(tmp_path))
   assert "\n" not in str(e.value)
+
+
+def test_multi_view_stage2_eval_scores_each_view_against_its_own_mask(tiny_data_dir):
+  """eval.num_clips x eval.num_crops views: every view's keypoints meet that view's target mask."""
+  cfg = load_config("synthetic", f"tiny,stage=2,data_dir={tiny_data_dir}")
+  with cfg.unlocked():
+    cfg.eval.num_clips, cfg.eval.num_crops = 2, 3
+  model = models.build(cfg, "aknet")
+  variables = models.init_variables(cfg, "aknet", jax.random.PRNGKey(0))
+  stride = models.feature_stride(cfg)
+  res = evaluate.evaluate(cfg, steps.pmapped_eval_step(model, with_keypoints=True),
+                          flax.jax_utils.replicate(variables), feature_stride=stride, num_images=2)
+  # Reference by hand: each clip's 6 views through the model on their own.
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False, return_keypoints=True))
+  precision, chance, first_views = [], [], []
+  for batch in pipeline.create_eval_iterator(cfg):
+    for i in np.flatnonzero(batch["mask"][0]):
+      views = batch["frames"][0, i]  # (V, T, S, S, 3)
+      assert views.shape[0] == 6
+      _, kp = apply(views)
+      scores = [evaluate.keypoint_coverage(np.asarray(kp["xyt"][j]),
+                                           batch["target_mask"][0, i, j], stride)
+                for j in range(6)]
+      precision.append(np.mean([p for p, _ in scores]))
+      chance.append(np.mean([c for _, c in scores]))
+      first_views.append((views[0], np.asarray(kp["xyt"][0])))
+  assert res.metrics["keypoint_precision"] == pytest.approx(np.mean(precision), rel=1e-6)
+  assert res.metrics["keypoint_chance"] == pytest.approx(np.mean(chance), rel=1e-6)
+  for (frames, xyt, _, _), (want_frames, want_xyt) in zip(res.images, first_views):
+    np.testing.assert_array_equal(frames, want_frames)  # A picture pairs a view with its points.
+    np.testing.assert_array_equal(xyt, want_xyt)

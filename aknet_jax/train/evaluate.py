@@ -86,16 +86,21 @@ def evaluate(config, p_eval, variables, *, feature_stride: int | None = None,
     labels = batch["label"].reshape(-1)
     totals.add(logits, labels, mask, batch["index"].reshape(-1)[mask])
     if kp is not None:
-      xyt = np.asarray(jax.device_get(kp["xyt"])).reshape((-1,) + kp["xyt"].shape[2:])
+      # Multi-view eval: frames (D, b, V, ...) reach the model as D x (b*V) clips, so each clip's
+      # V views, keypoints and target masks are regrouped here and scored view by view.
+      v = batch["frames"].shape[2] if batch["frames"].ndim == 7 else 1
+      xyt = np.asarray(jax.device_get(kp["xyt"])).reshape((-1, v) + kp["xyt"].shape[2:])
       if "target_mask" in batch:
-        masks = batch["target_mask"].reshape((-1,) + batch["target_mask"].shape[2:])
+        tm = batch["target_mask"]
+        masks = tm.reshape((-1, v) + tm.shape[(3 if v > 1 else 2):])
         for i in np.flatnonzero(mask):
-          p, c = keypoint_coverage(xyt[i], masks[i], feature_stride)
-          totals.kp += (p, c, 1.0)
+          scores = [keypoint_coverage(xyt[i, j], masks[i, j], feature_stride) for j in range(v)]
+          totals.kp += (np.mean([p for p, _ in scores]), np.mean([c for _, c in scores]), 1.0)
       if len(images) < num_images:
-        frames = batch["frames"].reshape((-1,) + batch["frames"].shape[2:])
-        for i in np.flatnonzero(mask)[:num_images - len(images)]:
-          images.append((frames[i], xyt[i], int(labels[i]), int(np.argmax(logits[i]))))
+        fr = batch["frames"]
+        frames = fr.reshape((-1, v) + fr.shape[(3 if v > 1 else 2):])
+        for i in np.flatnonzero(mask)[:num_images - len(images)]:  # The first view of a clip.
+          images.append((frames[i, 0], xyt[i, 0], int(labels[i]), int(np.argmax(logits[i]))))
   flat = totals.reduce()
   k = totals.k
   correct, count, top5, kp = flat[:k], flat[k:2 * k], flat[2 * k], flat[2 * k + 1:]
