@@ -39,7 +39,9 @@ def test_aknet_loss_matches_reference_and_weight():
   h = outputs["heatmap"].astype(np.float64)
   r_e = np.mean(4 * h * (1 - h))
   np.testing.assert_allclose(float(loss), (ce + aux) / 2 + 0.7 * r_e, rtol=1e-5)
-  for name, want in (("ce", ce), ("aux_ce", aux), ("r_e", r_e), ("loss", float(loss))):
+  near0, near1 = np.mean(h < 0.05), np.mean(h > 0.95)  # Ĥ's distribution, for TensorBoard.
+  for name, want in (("ce", ce), ("aux_ce", aux), ("r_e", r_e), ("loss", float(loss)),
+                     ("heatmap_near0", near0), ("heatmap_near1", near1)):
     assert metrics[name].shape == ()
     np.testing.assert_allclose(float(metrics[name]), want, rtol=1e-5)
 
