@@ -81,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.lr_steps = (20, 40)  # Epochs (or fractions of num_steps when num_steps > 0, see optim).
   c.train.lr_decay = 0.1
   c.train.warmup_steps = 0
+  c.train.grad_accum_steps = 1  # > 1: each device's batch in this many sequential micro-batches.
+  # The lr is the recipe's for `recipe_batch_size` clips; with scale_lr_with_batch a run of another
+  # global batch takes lr x batch / recipe_batch_size (the TSM authors' linear rule).
+  c.train.recipe_batch_size = 64
+  c.train.scale_lr_with_batch = False
   c.train.grad_clip = 20.0  # Global-norm clipping; <= 0 disables.
   c.train.lr_policy = "tsm"  # 'tsm': BN/bias no decay, new fc x5/x10; 'uniform': TDN style.
   c.train.checkpoint_every_steps = 1000
@@ -166,6 +171,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(d.resize_short >= d.image_size, "dataset.resize_short",
          f"{d.resize_short!r} must be >= dataset.image_size ({d.image_size})")
   _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size!r} must be >= 1")
+  _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"{t.grad_accum_steps!r} must be >= 1")
+  _check(t.recipe_batch_size >= 1, "train.recipe_batch_size",
+         f"{t.recipe_batch_size!r} must be >= 1")
   _check(t.num_steps >= 0, "train.num_steps", f"{t.num_steps!r} must be >= 0")
   _check(t.num_steps > 0 or t.num_epochs > 0, "train.num_epochs",
          "set train.num_epochs > 0 or train.num_steps > 0")

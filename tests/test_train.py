@@ -214,3 +214,41 @@ def test_multi_view_stage2_eval_scores_each_view_against_its_own_mask(tiny_data_
   for (frames, xyt, _, _), (want_frames, want_xyt) in zip(res.images, first_views):
     np.testing.assert_array_equal(frames, want_frames)  # A picture pairs a view with its points.
     np.testing.assert_array_equal(xyt, want_xyt)
+
+
+def test_gradient_accumulation_gives_the_large_batch_update_where_no_batch_norm_is_involved():
+  class Linear(flax.linen.Module):
+    @flax.linen.compact
+    def __call__(self, frames, *, train: bool):
+      logits = flax.linen.Dense(3)(frames.reshape(frames.shape[0], -1))
+      return {"logits": logits} if train else logits
+
+  rng = np.random.default_rng(0)
+  batch = {"frames": rng.normal(size=(1, 8, 2, 4, 4, 3)).astype(np.float32),
+           "label": rng.integers(0, 3, size=(1, 8)).astype(np.int32)}
+  model = Linear()
+  params = model.init(jax.random.PRNGKey(0), batch["frames"][0], train=False)["params"]
+  results = {}
+  for k in (1, 4):
+    cfg = load_config("synthetic", "tiny,stage=1")
+    cfg.train.grad_accum_steps = k
+    tx, schedule = optim.create_optimizer(cfg, params, 10)
+    state = flax.jax_utils.replicate(steps.create_state(model, {"params": params}, tx))
+    p_train = steps.pmapped_train_step(cfg, schedule)
+    for _ in range(3):
+      state, metrics = p_train(state, batch)
+    results[k] = (jax.device_get(state.params), float(metrics["loss"][0]))
+  for a, b in zip(jax.tree_util.tree_leaves(results[1][0]), jax.tree_util.tree_leaves(results[4][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert results[1][1] == pytest.approx(results[4][1], rel=1e-5)  # Mean loss of the micro-batches.
+
+
+def test_gradient_accumulation_must_divide_the_per_device_batch_and_lr_scales_on_request():
+  cfg = load_config("synthetic", "tiny,stage=1")  # batch 4 on one device.
+  cfg.train.grad_accum_steps = 3
+  with pytest.raises(ValueError, match="grad_accum_steps=3 does not divide the 4 clips"):
+    stages.check_batch(cfg)
+  cfg.train.grad_accum_steps, cfg.train.warmup_steps = 2, 0
+  assert float(optim.learning_rate_schedule(cfg, 10)(0)) == pytest.approx(0.05)
+  cfg.train.scale_lr_with_batch = True  # Linear rule: lr x batch / recipe batch (64).
+  assert float(optim.learning_rate_schedule(cfg, 10)(0)) == pytest.approx(0.05 * 4 / 64)

@@ -33,6 +33,14 @@ def stage_num_steps(config: ml_collections.ConfigDict, num_train_examples: int, 
   return int(t.num_epochs * steps_per_epoch(config, num_train_examples))
 
 
+def base_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """The recipe's lr, scaled by batch / recipe_batch_size where `train.scale_lr_with_batch`."""
+  t = config.train
+  if t.scale_lr_with_batch:
+    return t.learning_rate * t.batch_size / t.recipe_batch_size
+  return t.learning_rate
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int):
   """Step decay by `lr_decay` at `lr_steps`, given in epochs of the `num_epochs` schedule.
 
@@ -46,9 +54,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int):
     step = int(round(num_steps * float(e) / total_epochs))
     if 0 < step < num_steps:
       boundaries[step] = boundaries.get(step, 1.0) * t.lr_decay
-  schedule = optax.piecewise_constant_schedule(t.learning_rate, boundaries)
+  lr = base_learning_rate(config)
+  schedule = optax.piecewise_constant_schedule(lr, boundaries)
   if t.warmup_steps > 0:
-    warm = optax.linear_schedule(t.learning_rate / 100.0, t.learning_rate, t.warmup_steps)
+    warm = optax.linear_schedule(lr / 100.0, lr, t.warmup_steps)
     schedule = optax.join_schedules([warm, schedule], [t.warmup_steps])
   return schedule
 

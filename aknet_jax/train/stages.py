@@ -145,12 +145,23 @@ def train_stage(config, workdir: str, stage: str) -> dict:
 
 
 def check_batch(config):
-  """The global batch sizes must split evenly over the devices."""
-  n = jax.device_count()
-  for field, b in (("train.batch_size", config.train.batch_size),
-                   ("eval.batch_size", config.eval.batch_size)):
+  """The global batch sizes must split evenly over the devices (and micro-batches); logs the
+  linear lr rule when the batch is not the recipe's."""
+  n, t = jax.device_count(), config.train
+  for field, b in (("train.batch_size", t.batch_size), ("eval.batch_size", config.eval.batch_size)):
     if b % n:
       raise ValueError(f"config.{field}={b} does not divide by the {n} devices: use a multiple of {n}")
+  if (t.batch_size // n) % t.grad_accum_steps:
+    raise ValueError(f"config.train.grad_accum_steps={t.grad_accum_steps} does not divide the "
+                     f"{t.batch_size // n} clips per device (train.batch_size={t.batch_size} on "
+                     f"{n} devices)")
+  if t.batch_size != t.recipe_batch_size:
+    logging.info("Global batch %d, the recipe's is %d: the linear rule gives lr %.3g x %d / %d = "
+                 "%.3g; %s (train.scale_lr_with_batch=%s)", t.batch_size, t.recipe_batch_size,
+                 t.learning_rate, t.batch_size, t.recipe_batch_size,
+                 t.learning_rate * t.batch_size / t.recipe_batch_size,
+                 "applied" if t.scale_lr_with_batch else "not applied, lr stays "
+                 f"{t.learning_rate:.3g}", t.scale_lr_with_batch)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

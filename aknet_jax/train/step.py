@@ -33,22 +33,50 @@ def step_rng(seed: int, step):
   return jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
 
 
-def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict, schedule):
-  """One optimiser step on a device's shard; gradients and BN statistics are averaged over 'batch'."""
-  rng = step_rng(config.train.seed, state.step)
+def _gradients(state: TrainState, batch_stats, batch, rng, config):
+  """(grads, metrics incl. accuracy, new batch_stats) of one (micro-)batch on this device."""
 
   def loss_fn(params):
     outputs, new_vars = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["frames"], train=True,
+        {"params": params, "batch_stats": batch_stats}, batch["frames"], train=True,
         rngs={"dropout": rng}, mutable=["batch_stats"])
     loss, metrics = losses.compute_loss(outputs, batch["label"], config)
     return loss, (metrics, outputs["logits"], new_vars["batch_stats"])
 
-  (_, (metrics, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  (_, (metrics, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   metrics = dict(metrics)
   metrics.update(_accuracy(logits, batch["label"]))
+  return grads, metrics, new_stats
+
+
+def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict, schedule):
+  """One optimiser step on a device's shard; gradients and BN statistics are averaged over 'batch'.
+
+  With `train.grad_accum_steps` = k > 1 the shard is cut into k micro-batches run one after the
+  other (a scan: activations of one micro-batch in memory at a time) and their mean gradient makes
+  the one update: the large batch's update, except that BatchNorm normalises each micro-batch
+  alone and updates its running statistics k times.
+  """
+  rng = step_rng(config.train.seed, state.step)
+  k = config.train.grad_accum_steps
+  if k == 1:
+    grads, metrics, batch_stats = _gradients(state, state.batch_stats, batch, rng, config)
+  else:
+    micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+
+    def body(carry, xs):
+      stats, total = carry
+      mb, i = xs
+      g, m, stats = _gradients(state, stats, mb, jax.random.fold_in(rng, i), config)
+      return (stats, jax.tree_util.tree_map(jnp.add, total, g)), m
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    init = (flax.core.unfreeze(state.batch_stats), zeros)  # The apply returns plain dicts.
+    (batch_stats, total), per_micro = jax.lax.scan(body, init, (micro, jnp.arange(k)))
+    grads = jax.tree_util.tree_map(lambda g: g / k, total)
+    metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), per_micro)
+  grads = jax.lax.pmean(grads, AXIS)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics["lr"] = schedule(state.step)
   metrics["grad_norm"] = optax.tree.norm(grads)
   return new_state, jax.lax.pmean(metrics, AXIS)
