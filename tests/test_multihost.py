@@ -168,7 +168,8 @@ def test_two_processes_train_like_one_with_four_devices_and_resume_in_one(tiny_d
   # both layouts, so the masks agree too.
   arg = f"tiny,stage=1,batch=8,data_dir={tiny_data_dir}"
   two, ref, logs = tmp_path / "two", tmp_path / "ref", tmp_path / "logs"
-  cpu = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  # PYTHON: launch/local.sh starts this interpreter (an unactivated venv's works too).
+  cpu = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "PYTHON": sys.executable}
   # The 1-process 4-device reference is the same command: the pipeline cuts one global stream of
   # batches, of which each host reads its slice, so both layouts see the same global batches.
   reference = subprocess.Popen(
