@@ -18,6 +18,8 @@ DEPTHS = (18, 34, 50, 101)
 SPLITS = ("res2", "res3", "res4")
 TRANSFORM_MODES = ("full", "lowrank", "none")
 POINT_STRIDES = ("same", "squared")
+RANKINGS = ("xyt", "score", "random")
+Q_INITS = ("compact", "random")
 STAGES = ("1", "2", "both")
 OPTIMIZERS = ("sgd", "adam")
 LR_POLICIES = ("tsm", "uniform")
@@ -50,6 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
   # by 4 as the 2D stage divides its positions. The base config is the paper's AK-Net; the
   # dataset configs take the measured defaults (`measured_aknet`).
   c.model.aknet.point_stride = "same"
+  # Ablation switches (the paper's Tables IV-VI); the defaults are the paper's model.
+  c.model.aknet.ranking = "xyt"  # 'score': top-k order (no ranking); 'random': a fixed shuffle.
+  c.model.aknet.concat_global = True  # Head input concat(GAP(X), e); False: e alone.
+  c.model.aknet.position_embedding = False  # Learned embedding of (x, y, t) added to the points.
+  c.model.aknet.q_init = "compact"  # 'random': Q not initialised from the 2D stages (eq. 11).
+  c.model.aknet.aux_head = True  # False: no auxiliary head or loss.
   c.model.aknet.reg_weight = 1.0  # lambda_e on the heatmap regulariser r_e.
 
   c.dataset = ml_collections.ConfigDict()
@@ -158,6 +166,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"{a.transform_mode!r} is not one of {TRANSFORM_MODES}")
   _check(a.point_stride in POINT_STRIDES, "model.aknet.point_stride",
          f"{a.point_stride!r} is not one of {POINT_STRIDES}")
+  _check(a.ranking in RANKINGS, "model.aknet.ranking", f"{a.ranking!r} is not one of {RANKINGS}")
+  _check(a.q_init in Q_INITS, "model.aknet.q_init", f"{a.q_init!r} is not one of {Q_INITS}")
   _check(a.transform_rank >= 1, "model.aknet.transform_rank", f"{a.transform_rank!r} must be >= 1")
   _check(a.tau <= 0 or a.tau > 1, "model.aknet.tau", f"{a.tau!r} must be > 1 (or <= 0 for h + w)")
   _check(a.reg_weight >= 0, "model.aknet.reg_weight", f"{a.reg_weight!r} must be >= 0")

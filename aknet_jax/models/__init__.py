@@ -37,7 +37,9 @@ _AKNET_FIELDS = {
     "split": "model.aknet.split", "alpha": "model.aknet.alpha", "tau": "model.aknet.tau",
     "transform_mode": "model.aknet.transform_mode",
     "transform_rank": "model.aknet.transform_rank", "se_reduction": "model.aknet.se_reduction",
-    "point_stride": "model.aknet.point_stride",
+    "point_stride": "model.aknet.point_stride", "ranking": "model.aknet.ranking",
+    "concat_global": "model.aknet.concat_global",
+    "position_embedding": "model.aknet.position_embedding", "aux_head": "model.aknet.aux_head",
 }
 FIELD_PATHS = {
     "backbone": _BACKBONE_FIELDS,
@@ -48,7 +50,8 @@ KINDS = tuple(FIELD_PATHS)
 # The fields a checkpoint's model and the config's must agree on: those that set variable shapes,
 # and Q's point stride, which sets what the same variables compute.
 SHAPE_FIELDS = ("backbone", "depth", "width", "num_classes", "num_segments", "split",
-                "transform_mode", "transform_rank", "se_reduction", "point_stride")
+                "transform_mode", "transform_rank", "se_reduction", "point_stride", "ranking",
+                "concat_global", "position_embedding", "aux_head")
 
 
 def _read(config: ml_collections.ConfigDict, path: str):
@@ -147,5 +150,7 @@ def feature_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 
 def compact(stage1_variables, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
-  """Stage-1 VideoNet variables -> the variables of the config's AK-Net (`compaction.compact`)."""
-  return compaction.compact(stage1_variables, build(config, "aknet"), input_shape(config), rng)
+  """Stage-1 VideoNet variables -> the variables of the config's AK-Net (`compaction.compact`);
+  `model.aknet.q_init='random'` leaves Q freshly initialised instead of compacted (ablation)."""
+  return compaction.compact(stage1_variables, build(config, "aknet"), input_shape(config), rng,
+                            compact_q=config.model.aknet.q_init == "compact")

@@ -62,6 +62,10 @@ class AKNet(nn.Module):
   transform_rank: int = 64
   se_reduction: int = 16
   point_stride: str = "same"  # Q's stride-2 blocks: 'same' halves the points, 'squared' quarters.
+  ranking: str = "xyt"  # Point order: 'xyt' (paper), 'score' (top-k order), 'random' (control).
+  concat_global: bool = True  # Head on concat(GAP(X), e) (paper) or on e alone.
+  position_embedding: bool = False  # Add a learned embedding of the normalised (x, y, t).
+  aux_head: bool = True  # Off: no auxiliary loss; the heatmap learns only through r_e.
 
   def setup(self):
     bb = self.backbone
@@ -75,7 +79,11 @@ class AKNet(nn.Module):
                            point_stride=self.point_stride)
     self.head_dropout = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.num_classes, dtype=bb.dtype, kernel_init=_head_init)
-    self.aux = AuxHead(self.num_classes, bb.bn_momentum, bb.bn_axis_name, bb.dtype)
+    if self.aux_head:
+      self.aux = AuxHead(self.num_classes, bb.bn_momentum, bb.bn_axis_name, bb.dtype)
+    if self.position_embedding:
+      self.position = nn.Dense(resnet.stage_channels(bb.depth, bb.width)[self.split],
+                               dtype=bb.dtype, kernel_init=nn.initializers.normal(0.02))
 
   def features(self, frames, *, train: bool = False):
     """F: frames -> X (B, T, h, w, C) after the split stage."""
@@ -91,8 +99,12 @@ class AKNet(nn.Module):
     t, h, w = x.shape[1:4]
     heat = self.heatmap(x)
     n = keypoints.num_points(self.alpha, t, h, w)
-    points, xyt = keypoints.select_and_rank(heat, x, n, keypoints.default_tau(self.tau, h, w))
-    return points, keypoints.normalize_coordinates(xyt), xyt, keypoints.normalize_heatmap(heat)
+    points, xyt = keypoints.select_and_rank(heat, x, n, keypoints.default_tau(self.tau, h, w),
+                                            self.ranking)
+    coords = keypoints.normalize_coordinates(xyt)
+    if self.position_embedding:  # Table V's "learnable embedding" of the point positions.
+      points = points + self.position(coords).astype(points.dtype)
+    return points, coords, xyt, keypoints.normalize_heatmap(heat)
 
   def transform_points(self, points, coords, *, train: bool = False):
     """T: the first C channels of concat(points, coords) @ A."""
@@ -106,7 +118,8 @@ class AKNet(nn.Module):
     """Logits (B, K) float32 of concat(GAP(X), mean of Q's points)."""
     g = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
     e = jnp.mean(q.astype(jnp.float32), axis=1)
-    z = self.head_dropout(jnp.concatenate([g, e], axis=-1), deterministic=not train)
+    z = jnp.concatenate([g, e], axis=-1) if self.concat_global else e
+    z = self.head_dropout(z, deterministic=not train)
     return self.head(z).astype(jnp.float32)
 
   def __call__(self, frames, *, train: bool, return_keypoints: bool = False):
@@ -114,10 +127,11 @@ class AKNet(nn.Module):
     points, coords, xyt, heat_norm = self.select_keypoints(x)
     points = self.transform_points(points, coords, train=train)
     logits = self.classify(x, self.point_features(points, train=train), train=train)
-    if train or self.is_mutable_collection("params"):  # Init and compaction create the aux head.
-      aux_logits = self.aux(heat_norm[..., None] * x, train=train)
+    out = {"logits": logits, "heatmap": heat_norm}
+    if self.aux_head and (train or self.is_mutable_collection("params")):  # Init, compaction too.
+      out["aux_logits"] = self.aux(heat_norm[..., None] * x, train=train)
     if train:
-      return {"logits": logits, "aux_logits": aux_logits, "heatmap": heat_norm}
+      return out
     if return_keypoints:
       return logits, {"xyt": xyt, "heatmap": heat_norm}
     return logits

@@ -38,7 +38,8 @@ def _source_path(path: tuple) -> tuple | None:
   return None
 
 
-def compact(stage1_variables: Any, model: nn.Module, input_shape: tuple, rng: jax.Array) -> dict:
+def compact(stage1_variables: Any, model: nn.Module, input_shape: tuple, rng: jax.Array, *,
+            compact_q: bool = True) -> dict:
   """Stage-1 VideoNet variables {'params', 'batch_stats'} -> the variables of AK-Net `model`.
 
   `input_shape`: one clip as the model takes it. Raises ValueError naming the first stage-1 path
@@ -57,7 +58,7 @@ def compact(stage1_variables: Any, model: nn.Module, input_shape: tuple, rng: ja
     dst = {}
     for path, leaf in traverse_util.flatten_dict(flax.core.unfreeze(shapes[coll])).items():
       src_path = _source_path(path)
-      if src_path is None:
+      if src_path is None or (path[0] == "points" and not compact_q):
         continue
       folded = path[0] == "points" and path[-1] == "kernel"
       want = (leaf.shape[:1] + leaf.shape[:1] + leaf.shape[1:]) if folded else leaf.shape

@@ -75,12 +75,28 @@ def normalize_coordinates(xyt: jax.Array) -> jax.Array:
   return d / jnp.where(d_max > 0, d_max, 1.0)
 
 
-def select_and_rank(scores: jax.Array, features: jax.Array, n: int, tau: float):
-  """Top-n cells of `scores` (B, T, h, w), ranked -> (features (B, N, C), xyt int32 (B, N, 3))."""
+RANKINGS = ("xyt", "score", "random")
+
+
+def select_and_rank(scores: jax.Array, features: jax.Array, n: int, tau: float,
+                    ranking: str = "xyt"):
+  """Top-n cells of `scores` (B, T, h, w), ranked -> (features (B, N, C), xyt int32 (B, N, 3)).
+
+  ranking: 'xyt' the paper's x + y + tau*t order; 'score' the top-k order (highest first, i.e.
+  without ranking); 'random' a fixed permutation of the score order (a control: the sequence
+  keeps no spatial or temporal neighbourhood).
+  """
+  if ranking not in RANKINGS:
+    raise ValueError(f"config.model.aknet.ranking: {ranking!r} is not one of {RANKINGS}")
   h, w = scores.shape[2], scores.shape[3]
   idx = select_top_k(scores, n)
   xyt = flat_to_xyt(idx, h, w)
-  perm = rank_order(idx, xyt, tau)
+  if ranking == "score":
+    return gather_points(features, idx), xyt
+  if ranking == "random":
+    perm = jnp.broadcast_to(jax.random.permutation(jax.random.PRNGKey(0), n), idx.shape)
+  else:
+    perm = rank_order(idx, xyt, tau)
   idx = jnp.take_along_axis(idx, perm, axis=1)
   xyt = jnp.take_along_axis(xyt, perm[..., None], axis=1)
   return gather_points(features, idx), xyt
