@@ -101,6 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50
   c.train.eval_every_steps = 0  # 0 = only at the end of each stage.
   c.train.seed = 0
+  # 'trained': stage 2 compacts the trained stage 1 (the paper's schedule); 'init': it compacts
+  # stage 1's initialisation instead (a one-stage control: AK-Net trained once, from the start).
+  c.train.stage2_from = "trained"
+  c.train.profile_steps = 0  # > 0: a jax.profiler trace of this many steps into the stage's dir.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 16  # Global.
@@ -192,6 +196,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(t.weight_decay >= 0, "train.weight_decay", f"{t.weight_decay!r} must be >= 0")
   _check(0 < t.lr_decay <= 1, "train.lr_decay", f"{t.lr_decay!r} must be in (0, 1]")
   _check(t.lr_policy in LR_POLICIES, "train.lr_policy", f"{t.lr_policy!r} is not one of {LR_POLICIES}")
+  _check(t.stage2_from in ("trained", "init"), "train.stage2_from",
+         f"{t.stage2_from!r} is not one of ('trained', 'init')")
+  _check(t.profile_steps >= 0, "train.profile_steps", f"{t.profile_steps!r} must be >= 0")
   _check(t.checkpoint_every_steps >= 1, "train.checkpoint_every_steps",
          f"{t.checkpoint_every_steps!r} must be >= 1")
   _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"{t.keep_checkpoints!r} must be >= 1")

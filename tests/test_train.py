@@ -252,3 +252,25 @@ def test_gradient_accumulation_must_divide_the_per_device_batch_and_lr_scales_on
   assert float(optim.learning_rate_schedule(cfg, 10)(0)) == pytest.approx(0.05)
   cfg.train.scale_lr_with_batch = True  # Linear rule: lr x batch / recipe batch (64).
   assert float(optim.learning_rate_schedule(cfg, 10)(0)) == pytest.approx(0.05 * 4 / 64)
+
+
+def test_one_stage_control_compacts_stage1_initialisation(tmp_path):
+  cfg = load_config("synthetic", "tiny,stage=2")
+  cfg.train.stage2_from = "init"  # No stage-1 checkpoint needed: nothing was trained.
+  got = stages.initial_variables(cfg, str(tmp_path), "2", jax.random.PRNGKey(7))
+  init1 = stages.initial_variables(cfg, str(tmp_path), "1", jax.random.PRNGKey(cfg.train.seed + 1))
+  want = models.compact(init1, cfg, jax.random.PRNGKey(7))
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  cfg.train.stage2_from = "trained"
+  with pytest.raises(ValueError, match="stage 2 needs a stage-1 checkpoint"):
+    stages.initial_variables(cfg, str(tmp_path), "2", jax.random.PRNGKey(7))
+
+
+def test_profile_steps_write_a_trace_tensorboard_opens(tiny_data_dir, tmp_path):
+  cfg = load_config("synthetic", f"tiny,stage=1,steps=6,data_dir={tiny_data_dir}")
+  cfg.train.profile_steps = 2
+  stages.train_and_evaluate(cfg, str(tmp_path))
+  traces = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "stage1" / "plugins" / "profile")
+            for f in files if f.endswith((".xplane.pb", ".trace.json.gz"))]
+  assert traces, os.listdir(tmp_path / "stage1")

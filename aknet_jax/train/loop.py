@@ -90,6 +90,12 @@ def run(job: StageRun, ckpts: StageCheckpoints, writer: metric_writers.MetricWri
            every(t.log_every_steps, log), every(t.checkpoint_every_steps, save, last=False)]
   if t.eval_every_steps:
     hooks.append(every(t.eval_every_steps, evaluate_and_save, last=False))
+  if t.profile_steps and jax.process_index() == 0:
+    # A jax.profiler trace of `profile_steps` steps from the second step on (the first compiles),
+    # into the stage's directory: TensorBoard's profile plugin opens it.
+    hooks.append(periodic_actions.Profile(logdir=ckpts.stage_dir, num_profile_steps=t.profile_steps,
+                                          profile_duration_ms=None, first_profile=start + 2,
+                                          every_secs=None))
   for step in range(start + 1, num_steps + 1):
     state, metrics = p_train(state, next(job.train_iter))
     pending.append((step, metrics))

@@ -52,6 +52,12 @@ def initial_variables(config, workdir: str, stage: str, rng):
       architecture.check(meta, config, None, config.init_from)
     logging.info("Stage 1 starts from %s/%s", directory, step)
     return restore.merge_into(fresh, loaded, f"{directory}/{step}")
+  if config.train.stage2_from == "init":
+    logging.info("Stage 2 starts from the compaction of stage 1's initialisation (one-stage "
+                 "control, train.stage2_from='init')")
+    stage1_rng = jax.random.PRNGKey(config.train.seed + 1)  # The key stage 1 initialises with.
+    return flax.core.unfreeze(models.compact(initial_variables(config, workdir, "1", stage1_rng),
+                                             config, rng))
   source = config.init_from or workdir_lib.checkpoint_dir(workdir, "1")
   if not config.init_from and not os.path.isdir(source):
     raise ValueError(f"stage 2 needs a stage-1 checkpoint: none in {source}; run stage 1 "
