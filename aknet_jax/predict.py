@@ -75,8 +75,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, video: str, *, top:
   """
   if not video:
     raise ValueError("--video is required with --mode=predict (a video file PyAV can decode)")
-  kind, variables, _, step = restore.load_model_variables(
-      config, workdir, default_kind="video_net" if config.stage == "1" else "aknet")
+  kind, variables, _, step = restore.load_model_variables(config, workdir)
   cfg = config
   frames = decode_frames(video, stored_short_side(cfg))
   views = eval_views(frames, cfg)

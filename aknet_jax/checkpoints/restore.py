@@ -23,16 +23,16 @@ def _latest_stage_checkpoints(workdir: str) -> str:
                    "python -m aknet_jax.convert)")
 
 
-def load_model_variables(config: ml_collections.ConfigDict, workdir: str, *,
-                         default_kind: str = "aknet"):
+def load_model_variables(config: ml_collections.ConfigDict, workdir: str):
   """(kind, variables, meta, step) of config.eval.checkpoint, else of the workdir's latest stage
   (2, then 1), checked against the config: architecture fields first, then every array's shape.
 
-  `default_kind`: the kind of a checkpoint whose meta does not record one.
+  A checkpoint whose meta records no kind holds the model of the config's stage (AK-Net unless
+  stage '1').
   """
   path = config.eval.checkpoint or _latest_stage_checkpoints(workdir)
   variables, meta, directory, step = step_files.load_variables(path)
-  kind = architecture.kind_of(meta) or default_kind
+  kind = architecture.kind_of(meta) or ("video_net" if str(config.stage) == "1" else "aknet")
   where = f"{directory}/{step}"
   architecture.check(meta, config, kind, where)
   trees.check_fits(variables, models.variable_shapes(config, kind), where)

@@ -184,8 +184,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """--mode=eval: evaluates a checkpoint (config.eval.checkpoint, else the workdir's latest stage)."""
   config_lib.validate(config)
   check_batch(config)
-  kind, variables, meta, step = restore.load_model_variables(
-      config, workdir, default_kind="video_net" if config.stage == "1" else "aknet")
+  kind, variables, meta, step = restore.load_model_variables(config, workdir)
   stage = workdir_lib.stage_of_kind(kind)
   writer = metric_writers.create_default_writer(
       os.path.join(workdir_lib.stage_dir(workdir, stage), "eval"),
