@@ -18,7 +18,12 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and r
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
                   "train: the configured stage(s), resuming from the workdir; eval: a checkpoint; "
                   "predict: classify --video with the workdir's checkpoint.")
-flags.DEFINE_string("video", None, "--mode=predict: the video file to classify.")
+flags.DEFINE_string("video", None, "--mode=predict: the video to classify (a file, or any "
+                    "URL / stream PyAV opens).")
+flags.DEFINE_float("window_seconds", None, "--mode=predict: classify each window of this many "
+                   "seconds (windows.csv, timeline.png) instead of the whole video.")
+flags.DEFINE_float("stride_seconds", None, "--mode=predict with --window_seconds: seconds "
+                   "between window starts (default: the window length).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -58,7 +63,8 @@ def _run():
     stages.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == "predict":
     from aknet_jax import predict  # pylint: disable=g-import-not-at-top
-    predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.video)
+    predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.video,
+                    window_seconds=FLAGS.window_seconds, stride_seconds=FLAGS.stride_seconds)
   else:
     stages.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 

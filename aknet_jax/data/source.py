@@ -21,6 +21,19 @@ class Split:
   has_masks: bool
 
 
+def _needs_array_record(name: str, where: str, file_format: str) -> ValueError:
+  return ValueError(
+      f"{name} in {where} was built with file_format={file_format}; our pipeline needs "
+      "array_record (random access): rebuild it with python -m aknet_jax.data.build "
+      "--file_format=array_record into another --data_dir, or read it with "
+      f"tfds.builder(..., file_format='{file_format}').as_dataset()")
+
+
+def _open(d: ml_collections.ConfigDict, **kwargs) -> tfds.core.DatasetBuilder:
+  return tfds.builder(d.name, data_dir=d.data_dir or None, config=d.builder_config or None,
+                      **kwargs)
+
+
 def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   d = config.dataset
   if d.name not in builders.BUILDERS:
@@ -29,7 +42,7 @@ def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   if d.builder_config and d.builder_config not in configs:
     raise ValueError(f"config.dataset.builder_config: {d.builder_config!r} is not one of "
                      f"{configs} for {d.name}")
-  b = tfds.builder(d.name, data_dir=d.data_dir or None, config=d.builder_config or None)
+  b = _open(d)  # A prepared dataset opens in the format it was built in (video_builder).
   if not b.is_prepared():
     if d.name in GENERATED:
       b.download_and_prepare(
@@ -53,10 +66,8 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Split:
     source = b.as_data_source(
         split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   except NotImplementedError:
-    raise ValueError(
-        f"{config.dataset.name} in {os.fspath(b.data_dir)} was prepared as "
-        f"{b.info.file_format.value}; the pipeline reads array_record (the builders' "
-        "default): rebuild it with python -m aknet_jax.data.build") from None
+    raise _needs_array_record(config.dataset.name, os.fspath(b.data_dir),
+                              b.info.file_format.value) from None
   features = b.info.features
   num_classes = features["label"].num_classes
   if config.dataset.num_classes != num_classes:
@@ -72,8 +83,7 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Split:
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
   """The dataset's class names, from its TFDS `ClassLabel` (known without preparing the data)."""
   d = config.dataset
-  b = tfds.builder(d.name, data_dir=d.data_dir or None, config=d.builder_config or None)
-  return list(b.info.features["label"].names)
+  return list(_open(d).info.features["label"].names)
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:

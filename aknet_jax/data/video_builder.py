@@ -58,7 +58,11 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """
 
   def __init__(self, *, file_format=None, num_workers: int | None = None, **kwargs):
-    super().__init__(file_format=file_format or "array_record", **kwargs)
+    super().__init__(file_format=file_format, **kwargs)
+    if file_format is None and not self.is_prepared():
+      # A new build writes ArrayRecord (our pipeline reads by index); a prepared one keeps the
+      # format its dataset_info.json records, so plain tfds.builder(...) reads a tfrecord build.
+      self.info.set_file_format("array_record", override=True)
     self._num_workers = num_workers
     self._report = {}
 
