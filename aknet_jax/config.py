@@ -23,6 +23,7 @@ Q_INITS = ("compact", "random")
 STAGES = ("1", "2", "both")
 OPTIMIZERS = ("sgd", "adam")
 LR_POLICIES = ("tsm", "uniform")
+TRAIN_AUGMENTS = ("tsm_multiscale", "paper")
 
 def base_config() -> ml_collections.ConfigDict:
   """Every field a run reads, with the TSM Something-Something recipe as defaults."""
@@ -74,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.flip = False  # Horizontal flip in training (off where it changes the label).
   c.dataset.shuffle_buffer = 1024
   c.dataset.prefetch = 2
+  # Train crop: 'tsm_multiscale' = TSM's GroupMultiScaleCrop over `scales`, then resize to
+  # image_size; 'paper' = AK-Net §IV-A: resize to 256 x 256 (aspect ignored; 256 * image_size // 224
+  # for other sizes), one random image_size² crop. Both: one box per clip, then the flip.
+  c.dataset.train_augment = "tsm_multiscale"
   c.dataset.scales = (1.0, 0.875, 0.75, 0.66)  # Multi-scale crop (TSM GroupMultiScaleCrop).
   c.dataset.has_masks = False  # Per-frame target masks (synthetic only): keypoint precision.
 
@@ -182,6 +187,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"{d.frames_per_segment!r}, but backbone {m.backbone!r} takes {want_l} frame(s) per segment")
   _check(d.image_size >= 32 and d.image_size % 32 == 0, "dataset.image_size",
          f"{d.image_size!r} must be a multiple of 32 (the backbone's total stride), e.g. 224")
+  _check(d.train_augment in TRAIN_AUGMENTS, "dataset.train_augment",
+         f"{d.train_augment!r} is not one of {TRAIN_AUGMENTS}")
   _check(d.resize_short >= d.image_size, "dataset.resize_short",
          f"{d.resize_short!r} must be >= dataset.image_size ({d.image_size})")
   _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size!r} must be >= 1")

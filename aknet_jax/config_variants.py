@@ -55,6 +55,7 @@ MODEL_VARIANTS = {
     "point_stride": "model.aknet.point_stride",
     "segments": "dataset.num_segments",
     "image_size": set_image_size,
+    "train_augment": "dataset.train_augment",
     "init_from": "init_from",
     "data_dir": "dataset.data_dir",
     "bf16": "half_precision",

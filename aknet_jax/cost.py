@@ -106,10 +106,10 @@ def ratios(base: dict, other: dict) -> dict:
           "latency_ratio_of_min": other["latency_ms"]["min"] / base["latency_ms"]["min"]}
 
 
-def train_step_runner(config: ml_collections.ConfigDict, kind: str, batch: int,
-                      variables: dict | None = None):
-  """(run, flops): `run()` takes one pmapped training step (one device) on a fixed batch of random
-  clips, keeping the state between calls; flops are XLA's count for one step."""
+def train_step_program(config: ml_collections.ConfigDict, kind: str, batch: int,
+                       variables: dict | None = None):
+  """(p_step, state, batch_arrays): the pmapped training step (one device, state donated), its
+  replicated state and a fixed batch of random clips."""
   device = jax.local_devices()[:1]
   if variables is None:
     variables = random_variables(models.variable_shapes(config, kind))
@@ -124,6 +124,14 @@ def train_step_runner(config: ml_collections.ConfigDict, kind: str, batch: int,
   batch_arrays = {"frames": np.asarray(frames), "label": labels}
   p_step = jax.pmap(lambda s, b: steps.train_step(s, b, config=config, schedule=schedule),
                     axis_name=steps.AXIS, devices=device, donate_argnums=(0,))
+  return p_step, state, batch_arrays
+
+
+def train_step_runner(config: ml_collections.ConfigDict, kind: str, batch: int,
+                      variables: dict | None = None):
+  """(run, flops): `run()` takes one pmapped training step (one device) on a fixed batch of random
+  clips, keeping the state between calls; flops are XLA's count for one step."""
+  p_step, state, batch_arrays = train_step_program(config, kind, batch, variables)
   flops = float(p_step.lower(state, batch_arrays).cost_analysis()["flops"])
   holder = {"state": state}
 

@@ -1,7 +1,7 @@
 """Measured cost of a config's backbone baseline and its AK-Net: MACs, latency, memory, clips/s.
 
   python -m aknet_jax.profile --config=configs/ssv2.py [--batch=1,8] [--json=FILE] [--reps=5]
-      [--transform_modes=full,lowrank,none] [--parts] [--train_batch=B]
+      [--transform_modes=full,lowrank,none] [--parts] [--train_batch=B] [--ops]
 
 Latency is the jitted inference function after warm-up, the device synchronised after every call;
 the models of one batch size are timed in interleaved rounds (`aknet_jax.cost`). `--parts` times
@@ -137,6 +137,8 @@ def define_flags():
                     "in the same rounds (default: the config's).")
   flags.DEFINE_list("point_strides", [], "AK-Net point strides (same, squared) to time in the "
                     "same rounds, each with every transform mode (default: the config's).")
+  flags.DEFINE_bool("ops", False, "Instead: time one training step (--train_batch, default 2) of "
+                    "the config's stage op by op from a profiler trace (`aknet_jax.op_profile`).")
   flags.DEFINE_enum("against", None, ["torch"], "Instead: time the config's TSN / TSM against "
                     "the PyTorch reference with the same weights (needs the convert extra).")
 
@@ -150,6 +152,15 @@ def main(argv):
   if not batches or min(batches) < 1 or FLAGS.reps < 1:
     cli.fail("--batch values and --reps must be >= 1")
   train_batch = max(batches) if FLAGS.train_batch < 0 else FLAGS.train_batch
+  if FLAGS.ops:
+    from aknet_jax import op_profile  # pylint: disable=g-import-not-at-top
+    kind = workdir_lib.STAGE_KINDS["2" if str(FLAGS.config.stage) == "2" else "1"]
+    report = cli.call(op_profile.profile_train_ops, FLAGS.config, kind,
+                      2 if FLAGS.train_batch < 0 else max(FLAGS.train_batch, 1))
+    print(op_profile.format_train_ops(report))
+    if FLAGS.json:
+      cli.call(workdir_lib.write_json, FLAGS.json, report)
+    return
   if FLAGS.against == "torch":
     from aknet_jax import against_torch  # pylint: disable=g-import-not-at-top (imports torch)
     report = cli.call(against_torch.compare, FLAGS.config, batches, train_batch=train_batch,

@@ -63,7 +63,7 @@ def test_compacted_tsm_net_keeps_the_backbone_output_at_the_split():
   new = stage2["params"]  # New parts: freshly initialised (the transform starts as A = I).
   assert set(new) == {"backbone", "heatmap", "transform", "points", "head", "aux"}
   np.testing.assert_array_equal(new["transform"]["fc3"]["kernel"], 0.0)
-  np.testing.assert_array_equal(new["transform"]["fc3"]["bias"], np.eye(35).ravel())
+  np.testing.assert_array_equal(new["transform"]["fc3"]["bias"], 0.0)  # A = I + f(z), f = 0.
   assert 0.0005 < float(np.std(new["head"]["kernel"])) < 0.002
   assert set(stage2["params"]["points"]) == {"layer4_0", "layer4_1"}
 

@@ -19,6 +19,7 @@ def test_dataset_configs_load_with_the_paper_recipe(name, classes):
   if name == "diving48":
     assert (c.train.optimizer, c.train.learning_rate, c.train.num_epochs) == ("adam", 5e-4, 45)
     assert c.dataset.flip and c.dataset.eval_split == "test"
+  assert c.dataset.train_augment == "tsm_multiscale"  # TSM's crop; the paper's is a variant.
 
 
 def test_variants_from_the_config_string():
@@ -26,6 +27,7 @@ def test_variants_from_the_config_string():
   assert (c.model.backbone, c.stage, c.model.aknet.alpha) == ("tdn", "2", 0.5)
   assert (c.model.aknet.split, c.model.aknet.transform_mode) == ("res3", "lowrank")
   assert c.dataset.frames_per_segment == 5 and c.train.lr_policy == "uniform"
+  assert load("ssv1", "train_augment=paper").dataset.train_augment == "paper"
   c = load("ssv2", "backbone=tsn,depth=101")
   assert c.model.depth == 101
   assert c.dataset.frames_per_segment == 1 and c.train.lr_policy == "tsm"
@@ -53,6 +55,8 @@ def test_one_override_language_dotted_fields_go_through_the_config_flag():
     ("transform=dense", "config.model.aknet.transform_mode"),
     ("stage=3", "config.stage"),
     ("image_size=100", "config.dataset.image_size"),
+    ("train_augment=randaugment",
+     "config.dataset.train_augment: 'randaugment' is not one of ('tsm_multiscale', 'paper')"),
     ("bogus=1", "unknown field 'bogus'"),
     ("depth=abc", "model.depth"),
     ("backbone=tdn,depth=34", "config.model.depth: 34, but backbone 'tdn' needs a bottleneck"),

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+tf = pytest.importorskip("tensorflow")
 
 from aknet_jax.data import augment  # noqa: E402
 from aknet_jax.data import pipeline  # noqa: E402
@@ -174,3 +174,57 @@ def test_bad_input_errors(cfg, tmp_path):
   with pytest.raises(ValueError, match=r"config.dataset.builder_config: 'huge' is not one of "
                                        r"\['default', 'tiny'\]"):
     pipeline.num_examples(cfg, "train")
+
+
+def _paper_crop(frames, image_size, seed):
+  side = augment.paper_resize_side(image_size)
+  box = augment.paper_crop_box(image_size, tf.constant([seed, 0], tf.int64))
+  return augment.resize_and_crop(tf.constant(frames), side, box).numpy()
+
+
+def _edge_frames(num_frames=3, height=18, width=72):
+  """Half-planes whose edges sit at the frame's centre: channel 0 bright right of it, channel 1
+  below it; channel 2 is 10 x the frame number. A 4:1 frame, so a kept aspect would show."""
+  f = np.zeros((num_frames, height, width, 3), np.uint8)
+  f[:, :, width // 2:, 0] = 255
+  f[:, height // 2:, :, 1] = 255
+  f[..., 2] = 10 * np.arange(num_frames)[:, None, None]
+  return f
+
+
+def test_paper_crop_resizes_to_a_square_then_one_random_crop_per_clip():
+  """image_size 32: resize to 32 * 256 // 224 = 36 (256 for 224) ignoring aspect, then one
+  32 x 32 box for every frame. The edges sit at 18 of the 36 columns / rows of the resize, so the
+  dark columns (rows) left of the crop's edge number 18 - x (18 - y); with the aspect kept (36 x
+  144) the column edge would be 72 px in."""
+  assert augment.paper_resize_side(224) == 256 and augment.paper_resize_side(32) == 36
+  frames = _edge_frames()
+  offsets = set()
+  for seed in range(24):
+    out = _paper_crop(frames, 32, seed)
+    assert out.shape == (3, 32, 32, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, _paper_crop(frames, 32, seed))  # Deterministic per seed.
+    x = 18 - (out[:, :, :, 0] < 127.5).sum(axis=2)  # (frames, rows): one x wherever we look.
+    y = 18 - (out[:, :, :, 1] < 127.5).sum(axis=1)  # (frames, columns)
+    assert len(np.unique(x)) == 1 and len(np.unique(y)) == 1  # The same crop for every frame.
+    x, y = int(x.flat[0]), int(y.flat[0])
+    assert 0 <= x <= 4 and 0 <= y <= 4  # Inside the 36 x 36 resize.
+    np.testing.assert_allclose(out[:, 0, 0, 2], [0, 10, 20], atol=1e-4)  # Frame order kept.
+    offsets.add((y, x))
+  assert len(offsets) >= 10  # Seeds differ; 25 offsets are possible.
+
+
+def test_paper_train_augment_in_the_pipeline(cfg):
+  """train_augment='paper' on tiny: layout, masks follow the crop, another stream than TSM's."""
+  tsm = take(pipeline.create_train_iterator(cfg, num_local_devices=1), 3)
+  cfg.dataset.train_augment = "paper"
+  cfg.dataset.flip = True
+  paper = take(pipeline.create_train_iterator(cfg, num_local_devices=1), 3)
+  for a, b in zip(tsm, paper):
+    np.testing.assert_array_equal(a["index"], b["index"])
+    assert b["frames"].shape == a["frames"].shape == (1, 4, 4, 32, 32, 3)
+    assert not np.array_equal(a["frames"], b["frames"])
+  # Over all 12 clips: a clip with a magenta distractor scores low whatever the crop.
+  agreement = target_colour_agreement(np.concatenate([b["frames"][0] for b in paper]),
+                                      np.concatenate([b["target_mask"][0] for b in paper]))
+  assert agreement > 0.8, agreement

@@ -99,3 +99,17 @@ def test_aknet_pieces_chained_reproduce_the_whole_model():
   parts = cost.aknet_parts(cfg, variables, 2, reps=1, warmup=0)
   assert parts["logits_rel_diff"] < 1e-4
   assert len(parts["ms"]) == 6 and all(v > 0 for v in parts["ms"].values())
+
+
+def test_op_profile_attributes_the_step_to_its_ops():
+  """`profile --ops`: every timed op is named in the compiled module, and a ResNet step's time
+  is mostly convolutions, matmuls (the 1x1 convs) and their elementwise neighbours."""
+  from aknet_jax import op_profile  # pylint: disable=g-import-not-at-top
+  cfg = load_config("synthetic", "tiny,stage=1")
+  report = op_profile.profile_train_ops(cfg, "video_net", 2, top=5)
+  kinds = dict(report["by_kind"])
+  assert {"convolution", "dot"} <= set(kinds)
+  assert math.isclose(sum(kinds.values()), report["total_ms"], rel_tol=1e-6)
+  assert len(report["top"]) == 5 and report["top"][0][3] >= report["top"][-1][3] > 0
+  table = op_profile.format_train_ops(report)
+  assert "| convolution |" in table and "| op | kind |" in table

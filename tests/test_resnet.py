@@ -139,7 +139,7 @@ def test_init_distributions():
     ({}, (1, 2, 64, 16, 3),
      "frames: image 64x16 is too small .* config.dataset.image_size must be >= 32"),
     (dict(backbone="tdn", frames_per_segment=5), (1, 10, 32, 32, 3),
-     "frames: image 32x32 is too small for backbone 'tdn' up to res5; .* >= 64"),
+     "frames: image 32x32 is too small for backbone 'tdn' up to res5; .* >= 33"),
 ])
 def test_bad_input_raises_one_line_value_error(change, shape, match):
   c = _config()

@@ -269,12 +269,15 @@ def _tdn_config(t, width=8, num_classes=5):
   return c
 
 
-def test_tdn_model_parity_with_converted_torch_reference():
+@pytest.mark.parametrize("size", [64, 56, 33])
+def test_tdn_model_parity_with_converted_torch_reference(size):
   """Whole TDN-R50 (width 8): difference stem, both fusions, mSE + shift in every block of
   layers 2-4, converted from official-style keys (module.base_model.*_bak, conv1_5.0, conv1_temp).
-  T = 3 uses the asymmetric fusion weights 0.75 / 0.25, so swapped weights would show."""
+  T = 3 uses the asymmetric fusion weights 0.75 / 0.25, so swapped weights would show.
+  56 px (the official code's small setting) and 33 px (the smallest it runs: res5 maps 2x2, whose
+  2x2 avg-pool in mSE leaves 1x1) take odd sizes: floor-mode pools, non-integer nearest resizes."""
   torch, _, _, TDN = _torch_modules()
-  t, clips, k, width, size = 3, 2, 5, 8, 64
+  t, clips, k, width = 3, 2, 5, 8
   torch.manual_seed(0)
   ref = _randomize(torch, TDN(width, t), 5).eval()
   fc = torch.nn.Linear(32 * width, k)
@@ -293,3 +296,16 @@ def test_tdn_model_parity_with_converted_torch_reference():
   err = np.abs(np.asarray(got) - want).max() / np.abs(want).max()
   print(f"tdn-R50 width {width}: max |diff| / max |logit| = {err:.1e}")
   assert err < 1e-4, err
+
+
+def test_tdn_below_33_px_is_one_line_error():
+  """At 32 px res5's map is 1x1 and mSE's 2x2 avg-pool would leave nothing (torch fails there too)."""
+  config = _tdn_config(2)
+  frames = jnp.zeros((1, 2 * 5, 32, 32, 3))
+  with pytest.raises(ValueError, match=r"image 32x32 is too small for backbone 'tdn' up to res5; "
+                                       r"config.dataset.image_size must be >= 33") as info:
+    models.build(config, "backbone").init(jax.random.key(0), frames, train=False)
+  assert "\n" not in str(info.value)
+  # Up to res4 the deepest mSE map is ceil(side / 16): 17 px is the smallest.
+  assert [models.backbone.min_image_size("tdn", s) for s in ("res2", "res3", "res4", "res5")] == [
+      4, 9, 17, 33]

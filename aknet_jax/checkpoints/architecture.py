@@ -12,11 +12,27 @@ from aknet_jax import models
 
 # Checkpoints written before the factory recorded its kind named the schedule's stage instead.
 _KIND_OF_STAGE = {"1": "video_net", "2": "aknet"}
+# AK-Net metas record how the transform net's fc3 relates to A: "added" = A = I + fc3(z) (the
+# identity is added in the forward). Metas without the key were written when fc3 predicted A itself.
+TRANSFORM_IDENTITY = "added"
 
 
 def record(config: ml_collections.ConfigDict, kind: str) -> dict:
-  """What a checkpoint's meta stores as its architecture: `models.fields(config, kind)`."""
-  return models.fields(config, kind)
+  """What a checkpoint's meta stores as its architecture: `models.fields(config, kind)`, plus the
+  transform net's format for AK-Net."""
+  arch = models.fields(config, kind)
+  if kind == "aknet":
+    arch["transform_identity"] = TRANSFORM_IDENTITY
+  return arch
+
+
+def stores_transform_matrix(meta: dict, kind: str | None) -> bool:
+  """True for an old-format AK-Net checkpoint (`kind`: what it holds when its meta says nothing)
+  with the full transform: its fc3 predicts A itself (bias = I at init), so under A = I + fc3(z)
+  it computes the same only once I is subtracted from that bias."""
+  arch = meta.get("architecture", {})
+  return ((kind_of(meta) or kind) == "aknet" and arch.get("transform_mode") == "full"
+          and "transform_identity" not in arch)
 
 
 def kind_of(meta: dict) -> str | None:
@@ -44,3 +60,7 @@ def check(meta: dict, config: ml_collections.ConfigDict, kind: str | None, where
       raise ValueError(f"checkpoint {where} was written for {key}={have[key]!r} but the config has "
                        f"{paths[key]}={want[key]!r}: pass a matching --config (or another "
                        "checkpoint)")
+  if stores_transform_matrix(meta, kind):
+    raise ValueError(f"checkpoint {where} predates A = I + f in the transform net (its fc3 bias "
+                     "holds I): eval, predict and export convert it on load "
+                     "(checkpoints.restore.load_model_variables); training cannot resume it")

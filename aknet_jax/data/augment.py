@@ -1,4 +1,5 @@
-"""Spatial transforms of a clip (N, H, W, C) as TF ops: TSM train/test crops, flip, normalise.
+"""Spatial transforms of a clip (N, H, W, C) as TF ops: TSM train/test crops, the paper's train
+crop, flip, normalise.
 
 One crop box and one flip decision per clip, applied to every frame (and to the mask channel that
 the pipeline stacks behind RGB, so masks follow frames exactly).
@@ -44,6 +45,26 @@ def multiscale_crop_box(height, width, image_size: int, scales: Sequence[float],
   x = (width - crop_w) // 4 * tf.gather([ox for ox, _ in FIXED_OFFSETS], q)
   y = (height - crop_h) // 4 * tf.gather([oy for _, oy in FIXED_OFFSETS], q)
   return y, x, crop_h, crop_w
+
+
+def paper_resize_side(image_size: int) -> int:
+  """Side of the square each frame is resized to before the paper's crop: 256 for 224 (§IV-A);
+  other crops scale it by image_size / 224, truncated as TSM's scale_size = crop * 256 // 224."""
+  return image_size * 256 // 224
+
+
+def paper_crop_box(image_size: int, seed):
+  """(y, x, h, w) of the paper's train crop: image_size² at a uniform random offset (torchvision
+  RandomCrop, both ends included) in the paper_resize_side² resized frame; int32 scalars."""
+  room = paper_resize_side(image_size) - image_size
+  y, x = tf.unstack(tf.random.stateless_uniform([2], seed, 0, room + 1, dtype=tf.int32))
+  return y, x, image_size, image_size
+
+
+def resize_and_crop(frames: tf.Tensor, side: int, box) -> tf.Tensor:
+  """Resizes (N, H, W, C) frames to side x side (aspect ignored), then crops box; float32."""
+  y, x, h, w = box
+  return resize(frames, tf.constant([side, side]))[:, y:y + h, x:x + w, :]
 
 
 def crop_and_resize(frames: tf.Tensor, box, size: int) -> tf.Tensor:

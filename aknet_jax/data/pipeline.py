@@ -1,4 +1,4 @@
-"""The tf.data input pipeline: sampled-frame decoding, TSM augmentation, host sharding, batching.
+"""The tf.data input pipeline: sampled-frame decoding, train augmentation, host sharding, batching.
 
 Examples are read by index from the prepared ArrayRecord files, so the order is ours to define:
 training is an infinite stream of epochs, each a seeded permutation of the split cut into whole
@@ -89,24 +89,33 @@ def _centre_frames(indices: tf.Tensor, num_segments: int, frames_per_segment: in
   return tf.reshape(indices, [num_segments, frames_per_segment])[:, frames_per_segment // 2]
 
 
+def _train_crop(d, shape, seed):
+  """The clip's train crop as a function of (N, H, W, C) frames -> (N, S, S, C), one box per clip
+  (`dataset.train_augment`): TSM's multi-scale crop, or the paper's 256² resize + random 224²."""
+  s = d.image_size
+  if d.train_augment == "paper":
+    side, box = augment.paper_resize_side(s), augment.paper_crop_box(s, seed)
+    return lambda x: augment.resize_and_crop(x, side, box)
+  box = augment.multiscale_crop_box(shape[1], shape[2], s, tuple(d.scales), seed)
+  return lambda x: augment.crop_and_resize(x, box, s)
+
+
 def _train_example(ds: source.Split, config, index, epoch) -> dict:
   """Samples, decodes and augments one training clip; randomness from (seed, epoch, index)."""
   d = config.dataset
-  t, l, s = d.num_segments, d.frames_per_segment, d.image_size
+  t, l = d.num_segments, d.frames_per_segment
   ex = _fetch_and_parse(ds, index)
   seed_sample, seed_crop, seed_flip = tf.unstack(tf.random.experimental.stateless_split(
       _seed(config.train.seed, _EXAMPLE, epoch, index), 3))
   idx = sampling.train_indices(tf.shape(ex["frames"])[0], t, l, seed_sample)
   frames = _decode_jpegs(tf.gather(ex["frames"], idx))
-  shape = tf.shape(frames)
-  box = augment.multiscale_crop_box(shape[1], shape[2], s, tuple(d.scales), seed_crop)
+  crop = _train_crop(d, tf.shape(frames), seed_crop)
   flip = augment.flip_decision(seed_flip) if d.flip else tf.constant(False)
-  out = {"frames": augment.normalize(
-             augment.flip_if(augment.crop_and_resize(frames, box, s), flip)),
+  out = {"frames": augment.normalize(augment.flip_if(crop(frames), flip)),
          "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True), "index": index}
   if ds.has_masks:
     masks = _decode_masks(tf.gather(ex["masks"], _centre_frames(idx, t, l)))
-    masks = augment.flip_if(augment.crop_and_resize(masks, box, s), flip) / 255.0
+    masks = augment.flip_if(crop(masks), flip) / 255.0
     out["target_mask"] = tf.clip_by_value(masks[..., 0], 0.0, 1.0)
   return out
 

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aknet_jax.models import conv as conv_lib
 from aknet_jax.models import resnet
 from aknet_jax.models import tdn
 from aknet_jax.models.batch_norm import norm_layer
@@ -25,8 +26,11 @@ def frames_per_segment(backbone: str) -> int:
 
 
 def min_image_size(backbone: str, upto: str) -> int:
-  """Smallest input side that leaves a usable map: TDN's mSE pools its map by 2, so it needs 2x2."""
-  return resnet.stage_strides()[upto] * (2 if backbone == "tdn" else 1)
+  """Smallest input side that leaves a usable map (maps are ceil(side / stride): every stride-2
+  layer pads). TDN's mSE (res3-res5, blocks 1+ at the stage's output size) avg-pools by 2 in floor
+  mode, so that map needs 2 cells: side > stride, 33 px up to res5, as the official code allows."""
+  stride = resnet.stage_strides()[upto]
+  return stride + 1 if backbone == "tdn" and upto != "res2" else stride
 
 
 def check_frames(backbone: str, num_segments: int, shape: tuple, upto: str) -> None:
@@ -62,7 +66,7 @@ class VideoBackbone(nn.Module):
     """frames (B, T*L, H, W, 3) float, segment-major -> features (B*T, h, w, C) after stage `upto`."""
     check_frames(self.backbone, self.num_segments, frames.shape, upto)
     t, l = self.num_segments, frames_per_segment(self.backbone)
-    conv = functools.partial(nn.Conv, use_bias=self.backbone == "tdn", dtype=self.dtype,
+    conv = functools.partial(conv_lib.Conv, use_bias=self.backbone == "tdn", dtype=self.dtype,
                              kernel_init=resnet.conv_kernel_init)
     norm = norm_layer(train=train and not self.partial_bn, momentum=self.bn_momentum,
                       axis_name=self.bn_axis_name, dtype=self.dtype)

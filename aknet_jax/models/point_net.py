@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aknet_jax.models import conv as conv_lib
 from aknet_jax.models.batch_norm import norm_layer
 
 POINT_STRIDES = ("same", "squared")
@@ -58,8 +59,8 @@ class Bottleneck1D(nn.Module):
 def _conv1d(features, kernel_size, strides, *, name, use_bias, dtype):
   """Kernel-k 1D conv with symmetric padding k//2, the 1D image of a padded k x k conv."""
   k = kernel_size[0]
-  return nn.Conv(features, kernel_size, strides=(strides,), padding=((k // 2, k // 2),),
-                 use_bias=use_bias, kernel_init=_conv_init, dtype=dtype, name=name)
+  return conv_lib.Conv(features, kernel_size, strides=(strides,), padding=((k // 2, k // 2),),
+                        use_bias=use_bias, kernel_init=_conv_init, dtype=dtype, name=name)
 
 
 class PointNet(nn.Module):

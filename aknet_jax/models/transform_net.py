@@ -1,7 +1,9 @@
 """PointNet-style transform net T: predicts a (C+3)x(C+3) channel mix of the points (the paper's T).
 
-Modes: 'full' (the paper: a dense layer predicts all of A), 'lowrank' (A = I + U V^T, rank r),
-'none' (the ablation without T: the point features pass through unchanged).
+Modes: 'full' (the paper: A = I + f(z), a dense layer predicts all of f, PointNet's form),
+'lowrank' (A = I + U V^T, rank r), 'none' (the ablation without T: the features pass unchanged).
+Both add the identity in the forward and zero-initialise the last layer, so A = I at init and weight
+decay on the predicting layer pulls A toward I, not toward 0.
 """
 
 from __future__ import annotations
@@ -11,17 +13,10 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aknet_jax.models import conv as conv_lib
 from aknet_jax.models.batch_norm import norm_layer
 
 MODES = ("full", "lowrank", "none")
-
-
-def _identity_bias(size: int):
-  """Bias init that makes the predicted matrix the identity while the kernel is zero."""
-  def init(key, shape, dtype=jnp.float32):
-    del key
-    return jnp.eye(size, dtype=dtype).reshape(shape)
-  return init
 
 
 class TransformNet(nn.Module):
@@ -40,7 +35,7 @@ class TransformNet(nn.Module):
       return s
     c = s.shape[-1]
     c3 = c + 3
-    conv = functools.partial(nn.Conv, kernel_size=(1,), dtype=self.dtype)
+    conv = functools.partial(conv_lib.Conv, kernel_size=(1,), dtype=self.dtype)
     dense = functools.partial(nn.Dense, dtype=self.dtype)
     norm = norm_layer(train=train, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
                       dtype=self.dtype)
@@ -52,9 +47,9 @@ class TransformNet(nn.Module):
     z = nn.relu(norm(name="bn4")(dense(512, name="fc1")(z)))
     z = nn.relu(norm(name="bn5")(dense(256, name="fc2")(z)))
     if self.mode == "full":
-      a = dense(c3 * c3, kernel_init=nn.initializers.zeros, bias_init=_identity_bias(c3),
+      f = dense(c3 * c3, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
                 name="fc3")(z).reshape(-1, c3, c3)
-      return jnp.einsum("bnk,bkc->bnc", p, a[:, :, :c])
+      return p[..., :c] + jnp.einsum("bnk,bkc->bnc", p, f[:, :, :c])
     u = dense(c3 * self.rank, name="fc_u")(z).reshape(-1, c3, self.rank)
     v = dense(c3 * self.rank, kernel_init=nn.initializers.zeros,
               name="fc_v")(z).reshape(-1, c3, self.rank)

@@ -1,0 +1,57 @@
+"""`nn.Conv` whose pointwise (1x1, 1-tap 1D) case runs as a matmul.
+
+XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that runs 1.3-2.8x
+slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
+forward and input gradient gain too. Same variables (`kernel` (1, .., 1, C_in, C_out), `bias`) as
+`nn.Conv`, so checkpoints and converters are unchanged; every other kernel is `nn.Conv` itself.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+from flax.linen import dtypes
+
+
+def _is_pointwise(kernel_size, padding) -> bool:
+  if any(k != 1 for k in kernel_size):
+    return False
+  if isinstance(padding, str):  # 'SAME' pads a 1-tap kernel by nothing.
+    return padding in ("VALID", "SAME")
+  if isinstance(padding, int):
+    return padding == 0
+  return all(tuple(p) == (0, 0) for p in padding)
+
+
+def _ones(value) -> bool:
+  return value is None or (value == 1 if isinstance(value, int) else all(v == 1 for v in value))
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` (no dilation, groups or masks on the pointwise path); 1x1 kernels as a matmul."""
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel_size = tuple(self.kernel_size)
+    if (not _is_pointwise(kernel_size, self.padding) or self.feature_group_count != 1
+        or self.mask is not None or not _ones(self.kernel_dilation)
+        or not _ones(self.input_dilation)):
+      return super().__call__(inputs)
+    n_spatial = len(kernel_size)
+    strides = self.strides if self.strides is not None else 1
+    strides = (strides,) * n_spatial if isinstance(strides, int) else tuple(strides)
+    kernel = self.param("kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    if any(s != 1 for s in strides):
+      # A strided 1x1 conv reads every s-th position: slice first, then contract.
+      batch = (slice(None),) * (inputs.ndim - n_spatial - 1)
+      inputs = inputs[batch + tuple(slice(None, None, s) for s in strides) + (slice(None),)]
+    y = jax.lax.dot_general(inputs, kernel.reshape(kernel.shape[-2:]),
+                            (((inputs.ndim - 1,), (0,)), ((), ())),
+                            precision=self.precision)
+    if bias is not None:
+      y = y + bias
+    return y
