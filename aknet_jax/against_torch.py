@@ -1,4 +1,4 @@
-"""Our TSN / TSM against the PyTorch reference (`torch_reference`) with the same weights, timed
+"""Our TSN / TSM / TDN against the PyTorch reference (`torch_reference`) with the same weights, timed
 side by side in one process: inference at each batch size and the training step (forward, CE,
 backward, global-norm clip 20, SGD momentum 0.9 with weight decay), in interleaved rounds so that
 machine load falls on both alike; ratios JAX / torch are taken round by round.
@@ -23,14 +23,22 @@ from aknet_jax.timing import device_name, latency_stats, time_interleaved
 
 
 def _torch_model(config: ml_collections.ConfigDict):
+  """(torch, the reference model): TSN's consensus around a torchvision ResNet (TSN / TSM, width
+  64 only) or around `torch_reference.TDNNet` (TDN, ResNet-50 / 101, any width); seeded weights."""
   from aknet_jax import torch_reference as ref  # pylint: disable=g-import-not-at-top (torch extra)
   m, d = config.model, config.dataset
-  if m.backbone not in ("tsn", "tsm") or m.width != 64:
-    raise ValueError(f"--against=torch compares TSN / TSM on torchvision ResNets (width 64); the "
-                     f"config has model.backbone={m.backbone!r}, model.width={m.width}")
-  net = ref.resnet(m.depth, seed=0)
-  if m.backbone == "tsm":
-    net = ref.make_tsm(net, d.num_segments)
+  if m.backbone == "tdn":
+    if m.depth not in ref.TDN_STAGE_SIZES:
+      raise ValueError(f"--against=torch compares TDN on ResNet-50 / 101; the config has "
+                       f"model.depth={m.depth}")
+    net = ref.tdn(m.depth, m.width, d.num_segments, seed=0)
+  elif m.backbone in ("tsn", "tsm") and m.width == 64:
+    net = ref.resnet(m.depth, seed=0)
+    if m.backbone == "tsm":
+      net = ref.make_tsm(net, d.num_segments)
+  else:
+    raise ValueError(f"--against=torch compares TSN / TSM on torchvision ResNets (width 64) and "
+                     f"TDN; the config has model.backbone={m.backbone!r}, model.width={m.width}")
   return ref.torch, ref.TSN(net, d.num_segments, d.num_classes)
 
 
@@ -48,6 +56,7 @@ def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batc
   """{'inference': [...], 'train': {...}, 'environment': {...}} with per-round ratios."""
   cfg = _comparable(config)
   torch, model = _torch_model(cfg)
+  from aknet_jax import torch_reference  # pylint: disable=g-import-not-at-top (imported above)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   variables = jax.device_put(torch_layout.torch_to_variables(
       {f"module.{k}": v for k, v in state.items()}, cfg))
@@ -57,10 +66,8 @@ def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batc
                        "frames": int(cfg.dataset.num_segments),
                        "image_size": int(cfg.dataset.image_size)}}
 
-  def torch_input(frames):
-    b, t, h, w, _ = frames.shape
-    return torch.from_numpy(np.ascontiguousarray(
-        np.asarray(frames).reshape(b * t, h, w, 3).transpose(0, 3, 1, 2)))
+  def torch_input(frames):  # (B, T*L, H, W, 3) -> (B*T, L*3, H, W), as the reference reads them.
+    return torch_reference.torch_frames(frames, cfg.dataset.num_segments)
 
   model.eval()
   for b in batches:

@@ -13,7 +13,6 @@ DIR/sweep/runs/<point>/ and a rerun reuses the finished ones.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 
@@ -21,8 +20,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aknet_jax import cli, config as config_lib, cost, figures, models, timing
-from aknet_jax import workdir as workdir_lib
+from aknet_jax import cli, config as config_lib, cost, experiments, figures, models, timing
+from aknet_jax.experiments import finetune, finished_result, measure_costs, stage1_result
 from aknet_jax.models import keypoints
 
 ALPHAS = (0.1, 0.3, 0.5, 0.7, 1.0)
@@ -47,56 +46,6 @@ def point_config(config: ml_collections.ConfigDict, split: str, alpha: float,
 def num_points(cfg: ml_collections.ConfigDict) -> int:
   h, w = models.feature_grid(cfg)
   return keypoints.num_points(cfg.model.aknet.alpha, cfg.dataset.num_segments, h, w)
-
-
-def measure_costs(specs: dict, batch: int, reps: int, warmup: int = 1) -> dict:
-  """name -> {gmacs, params, params_inference, latency_ms{median,min,max}} for each
-  (config, kind). All models are compiled first, then timed in the same interleaved rounds."""
-  calls, out = {}, {}
-  for i, (name, (cfg, kind)) in enumerate(specs.items()):
-    shapes = models.variable_shapes(cfg, kind)
-    variables = timing.random_variables(shapes, seed=i)
-    frames = cost.random_frames(cfg, batch)
-    compiled = cost.inference_fn(cfg, kind).lower(variables, frames).compile()
-    calls[name] = lambda c=compiled, v=variables, x=frames: c(v, x)
-    out[name] = cost.static_cost(cfg, kind, shapes)
-    logging.info("compiled %s (%d/%d)", name, i + 1, len(specs))
-  times = timing.time_interleaved(calls, reps, warmup)
-  for name, seconds in times.items():
-    out[name]["latency_ms"] = timing.latency_stats(seconds)
-  return out
-
-
-def stage1_result(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Metrics of the workdir's stage-1 checkpoint: from results.json, evaluated, or trained first."""
-  from aknet_jax.train import stages  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  ckpt_dir = workdir_lib.checkpoint_dir(workdir, "1")
-  cfg = config.copy_and_resolve_references()
-  cfg.stage = "1"
-  has_ckpt = os.path.isdir(ckpt_dir) and any(s.isdigit() for s in os.listdir(ckpt_dir))
-  if not has_ckpt:
-    logging.info("No stage-1 checkpoint in %s: training stage 1 first", workdir)
-    return stages.train_and_evaluate(cfg, workdir)["stage1"]
-  entry = workdir_lib.stage_result(workdir, "1")
-  if entry and "top1" in entry:
-    return entry
-  cfg.eval.checkpoint = ckpt_dir
-  return stages.evaluate_checkpoint(cfg, workdir)
-
-
-def finetune(cfg: ml_collections.ConfigDict, workdir: str, run_dir: str, steps: int) -> dict:
-  """A short stage-2 fine-tune of one point from the workdir's stage-1 checkpoint; its metrics."""
-  from aknet_jax.train import stages  # pylint: disable=g-import-not-at-top
-  cfg = cfg.copy_and_resolve_references()
-  t = cfg.train
-  cfg.stage = "2"
-  cfg.init_from = os.path.abspath(workdir_lib.checkpoint_dir(workdir, "1"))
-  t.stage2_num_steps = steps
-  t.warmup_steps = min(t.warmup_steps, steps // 5)
-  t.checkpoint_every_steps, t.keep_checkpoints = steps, 1
-  t.log_every_steps = min(t.log_every_steps, steps)
-  t.eval_every_steps = 0
-  return stages.train_and_evaluate(cfg, run_dir)["stage2"]
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str = "config",
@@ -134,7 +83,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str 
                  "latency_ms": c["latency_ms"]["median"], "latency_ms_min": c["latency_ms"]["min"],
                  "latency_ms_max": c["latency_ms"]["max"], "latency_batch": batch})
   csv_path = os.path.join(out_dir, "sweep.csv")
-  write_csv(rows, csv_path)
+  experiments.write_csv(rows, csv_path, COLUMNS)
 
   if accuracy != "none":
     base = stage1_result(config, workdir)
@@ -160,7 +109,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str 
       row.update(finetune_steps=steps, finetune_seconds=round(time.time() - t_point, 1))
       logging.info("sweep point %s: top1 %.4f (%d/%d)", row["name"], row["top1"], i + 1,
                    len(wanted))
-      write_csv(rows, csv_path)
+      experiments.write_csv(rows, csv_path, COLUMNS)
   device = timing.device_name()
   plot = plot or os.path.join(out_dir, "sweep.png")
   c = config
@@ -180,22 +129,6 @@ def accuracy_order(rows: list[dict], config_alpha: float) -> list[dict]:
   splits = list(config_lib.SPLITS)
   return sorted(rows, key=lambda r: (r["alpha"] not in first, splits.index(r["split"]),
                                      r["alpha"], r["transform_mode"]))
-
-
-def finished_result(run_dir: str, steps: int) -> dict | None:
-  """The stage-2 metrics of a point's earlier fine-tune of `steps` steps, if there is one."""
-  entry = workdir_lib.stage_result(run_dir, "2", steps)
-  return entry if entry and "top1" in entry else None
-
-
-def write_csv(rows: list[dict], path: str):
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in COLUMNS})
-  os.replace(tmp, path)
 
 
 FLAGS = flags.FLAGS

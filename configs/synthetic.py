@@ -5,7 +5,8 @@ AK-Net splits after res3 with alpha 0.1: at 64² the res4 map is 4x4 cells of 16
 ~10 px target (res4, alpha 0.3 costs more MACs than res5 it replaces and only doubles the chance
 rate of landing on the target; res3, alpha 0.1 saves 12 % of the MACs and lands ~9x chance).
 Variants (`VARIANTS`): `configs/synthetic.py:backbone=tsn` (the time-reversal ceiling), `tiny`
-(CI-sized), `tiny,stage=1,steps=8`; any field: `--config.FIELD=VALUE`.
+(CI-sized), `tiny,stage=1,steps=8`, `hard` (the 16-class builder config that separates the
+ablation rows, docs/ablation.md); any field: `--config.FIELD=VALUE`.
 """
 
 from aknet_jax import config as config_lib
@@ -27,9 +28,17 @@ def _tiny(c):
   c.eval.num_keypoint_images = 2
 
 
+def _hard(c):
+  """The `hard` builder config: 16 classes, a smaller target, target-coloured distractors,
+  occlusion, variable speed (chance 1/16)."""
+  c.dataset.builder_config = "hard"
+  c.dataset.num_classes = 16
+
+
 VARIANTS = {
     **config_lib.MODEL_VARIANTS,
     "tiny": _tiny,
+    "hard": _hard,
     "width": "model.width",
     "dropout": "model.dropout",
     "batch": "train.batch_size",

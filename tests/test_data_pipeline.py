@@ -172,7 +172,7 @@ def test_bad_input_errors(cfg, tmp_path):
     pipeline.num_examples(cfg, "test")
   cfg.dataset.builder_config = "huge"
   with pytest.raises(ValueError, match=r"config.dataset.builder_config: 'huge' is not one of "
-                                       r"\['default', 'tiny'\]"):
+                                       r"\['default', 'tiny', 'hard'\]"):
     pipeline.num_examples(cfg, "train")
 
 

@@ -75,3 +75,47 @@ def test_tiny_build(tiny_data_dir):
   assert stored.shape == (12, 32, 48, 3)
   assert np.abs(stored - frames).mean() < 4  # JPEG q95 tolerance.
   np.testing.assert_array_equal(np.stack(ex["masks"])[..., 0] > 127, masks.astype(bool))
+
+
+def test_hard_config_classes_masks_and_determinism(tmp_path):
+  builder = tfds.builder("synthetic_something", data_dir=str(tmp_path), config="hard")
+  assert builder.info.features["label"].names == list(ss.HARD_CLASSES)
+  assert len(ss.HARD_CLASSES) == 16 and ss.HARD_CLASSES[:8] == ss.CLASSES
+  examples = list(builder._generate_examples("validation", 32))  # Not prepared: 32 clips only.
+  assert sorted({int(e["label"]) for _, e in examples}) == list(range(16))
+  again = dict(builder._generate_examples("validation", 2))
+  assert again["validation_000001"]["frames"] == dict(examples)["validation_000001"]["frames"]
+  train = dict(builder._generate_examples("train", 2))
+  assert train["train_000001"]["frames"] != again["validation_000001"]["frames"]
+  occluded = 0
+  for label in range(16):
+    rng = lambda: np.random.default_rng([0, 1, label])  # noqa: E731
+    frames, masks, traj = ss.render_hard_clip(label, rng(), 16, 64, 64)
+    frames2, masks2, _ = ss.render_hard_clip(label, rng(), 16, 64, 64)
+    np.testing.assert_array_equal(frames, frames2)
+    np.testing.assert_array_equal(masks, masks2)
+    assert set(np.unique(masks)) <= {0, 1}
+    # The mask is the target's visible part: inside its disc, in the pinwheel's two colours.
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
+    disc = ((xx[None] - traj["x"][:, None, None]) ** 2 + (yy[None] - traj["y"][:, None, None]) ** 2
+            <= traj["radius"][:, None, None] ** 2)
+    assert not (masks.astype(bool) & ~disc).any()
+    visible = frames[masks.astype(bool)].astype(int)
+    colours = np.array(ss.TARGET_COLOURS)
+    assert (np.abs(visible[:, None] - colours[None]).sum(-1).min(1) == 0).all()
+    occluded += int((masks.sum(axis=(1, 2)) < disc.sum(axis=(1, 2))).any())
+    assert 2 * np.sqrt(disc.sum(axis=(1, 2)).max() / np.pi) <= 11.5  # Default: up to 14 px.
+    # Odd labels are the even label's clip reversed: the centre moves the other way.
+    kind, sign = label // 2, 1 if label % 2 == 0 else -1
+    dx, dy = traj["x"][-1] - traj["x"][0], traj["y"][-1] - traj["y"][0]
+    if kind in (0, 6):
+      assert sign * dx > 5
+    elif kind in (1, 7):
+      assert sign * dy > 5
+    elif kind in (4, 5):
+      assert sign * dy > 5 and sign * dx * (1 if kind == 4 else -1) > 5
+    if kind in (6, 7):  # Accelerating: the second half of the clip travels farther than the first.
+      pos = traj["x"] if kind == 6 else traj["y"]
+      first, second = abs(pos[8] - pos[0]), abs(pos[15] - pos[8])
+      assert (second > first) == (label % 2 == 0)
+  assert occluded >= 4  # Occluders and distractors in front hide part of the target.

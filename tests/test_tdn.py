@@ -1,6 +1,7 @@
-"""TDN pieces (reference doc section 3) against NumPy / torch references written here from the doc.
+"""TDN pieces (reference doc section 3) against NumPy references written here from the doc and the
+torch reference in `aknet_jax.torch_reference`.
 
-The torch modules below are written from the doc's description (not from TDN's code) and use torch's
+Those torch modules are written from the doc's description (not from TDN's code) and use torch's
 own conv, pooling, padding and `F.interpolate`; they share the doc, not the implementation, with ours.
 """
 
@@ -56,143 +57,14 @@ def test_shift_module_at_init_equals_tsm_shift():
 
 
 # ---------------------------------------------------------------------------------------------
-# Torch references, written from the reference doc (sections 3.3-3.6), NCHW, official names.
+# Torch references: `aknet_jax.torch_reference` (TDNNet, MSE, TDNShift), written from the doc.
 
 
-def _torch_modules():
-  torch = pytest.importorskip("torch")
-  nn, F = torch.nn, torch.nn.functional
-
-  class Shift(nn.Module):
-    """Doc 3.6: depthwise Conv1d(k=3, p=1) over time per pixel, initialised to the shift pattern."""
-
-    def __init__(self, c, t, div=8):
-      super().__init__()
-      self.t = t
-      self.conv = nn.Conv1d(c, c, 3, padding=1, groups=c, bias=False)
-      fold = c // div
-      w = torch.zeros(c, 1, 3)
-      w[:fold, 0, 2] = 1
-      w[fold:2 * fold, 0, 0] = 1
-      w[2 * fold:, 0, 1] = 1
-      self.conv.weight.data.copy_(w)
-
-    def forward(self, x):
-      nt, c, h, w = x.shape
-      x = x.view(nt // self.t, self.t, c, h, w).permute(0, 3, 4, 2, 1).reshape(-1, c, self.t)
-      x = self.conv(x)
-      return x.view(nt // self.t, h, w, c, self.t).permute(0, 4, 3, 1, 2).reshape(nt, c, h, w)
-
-  class MSE(nn.Module):
-    """Doc 3.5: long-term temporal difference module."""
-
-    def __init__(self, c, t):
-      super().__init__()
-      r, self.t = c // 16, t
-      self.conv1 = nn.Conv2d(c, r, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(r)
-      self.conv2 = nn.Conv2d(r, r, 3, padding=1, groups=r, bias=False)
-      self.conv3 = nn.Conv2d(r, c, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(c)
-      self.conv3_smallscale2 = nn.Conv2d(r, r, 3, padding=1, bias=False)
-      self.bn3_smallscale2 = nn.BatchNorm2d(r)
-      self.conv3_smallscale4 = nn.Conv2d(r, r, 3, padding=1, bias=False)
-      self.bn3_smallscale4 = nn.BatchNorm2d(r)
-
-    def forward(self, x):
-      b = self.bn1(self.conv1(x))
-      nt, r, h, w = b.shape
-      b5 = b.view(nt // self.t, self.t, r, h, w)
-      cb5 = self.conv2(b).view(nt // self.t, self.t, r, h, w)
-      fwd = F.pad(cb5[:, 1:] - b5[:, :-1], (0, 0, 0, 0, 0, 0, 0, 1)).view(nt, r, h, w)
-      bwd = F.pad(cb5[:, :-1] - b5[:, 1:], (0, 0, 0, 0, 0, 0, 1, 0)).view(nt, r, h, w)
-      s2 = [self.bn3_smallscale2(self.conv3_smallscale2(F.avg_pool2d(z, 2, 2))) for z in (fwd, bwd)]
-      s4 = [self.bn3_smallscale4(self.conv3_smallscale4(z)) for z in (fwd, bwd)]
-      ys = []
-      for z, z2, z4 in zip((fwd, bwd), s2, s4):
-        z2 = F.interpolate(z2, (h, w))
-        ys.append(torch.sigmoid(self.bn3(self.conv3(z / 3 + z2 / 3 + z4 / 3))) - 0.5)
-      return x + x * (0.5 * ys[0] + 0.5 * ys[1])
-
-  class Block(nn.Module):
-    """FBResNet Bottleneck (every conv biased); with mSE + shift after conv1/bn1/relu (doc 3.4)."""
-
-    def __init__(self, cin, planes, stride, t, temporal):
-      super().__init__()
-      self.conv1 = nn.Conv2d(cin, planes, 1)
-      self.bn1 = nn.BatchNorm2d(planes)
-      if temporal:
-        self.mse = MSE(planes, t)
-        self.shift = Shift(planes, t)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, 4 * planes, 1)
-      self.bn3 = nn.BatchNorm2d(4 * planes)
-      self.temporal = temporal
-      self.downsample = None
-      if stride != 1 or cin != 4 * planes:
-        self.downsample = nn.Sequential(nn.Conv2d(cin, 4 * planes, 1, stride),
-                                        nn.BatchNorm2d(4 * planes))
-
-    def forward(self, x):
-      h = F.relu(self.bn1(self.conv1(x)))
-      if self.temporal:
-        h = self.shift(self.mse(h))
-      h = F.relu(self.bn2(self.conv2(h)))
-      h = self.bn3(self.conv3(h))
-      return F.relu(h + (self.downsample(x) if self.downsample is not None else x))
-
-  def layer(cin, planes, n, stride, t, temporal):
-    blocks = [Block(cin, planes, stride, t, temporal)]
-    blocks += [Block(4 * planes, planes, 1, t, temporal) for _ in range(n - 1)]
-    return nn.Sequential(*blocks)
-
-  class TDN(nn.Module):
-    """Doc 3.1/3.3: TDN_Net with TDN's attribute names; input (B*T, 15, H, W) -> (B*T, 4*8*width)."""
-
-    def __init__(self, width, t):
-      super().__init__()
-      self.conv1 = nn.Conv2d(3, width, 7, 2, 3)
-      self.bn1 = nn.BatchNorm2d(width)
-      self.conv1_temp = nn.Conv2d(3, width, 7, 2, 3)
-      self.conv1_5 = nn.Sequential(nn.Conv2d(12, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-                                   nn.ReLU())
-      self.resnext_layer1 = layer(width, width, 3, 1, t, False)
-      self.layer1_bak = layer(width, width, 3, 1, t, False)
-      self.layer2_bak = layer(4 * width, 2 * width, 4, 2, t, True)
-      self.layer3_bak = layer(8 * width, 4 * width, 6, 2, t, True)
-      self.layer4_bak = layer(16 * width, 8 * width, 3, 2, t, True)
-      self.alpha, self.beta = (0.5, 0.5) if t == 8 else (0.75, 0.25)
-
-    def forward(self, x):
-      f = [x[:, 3 * j:3 * j + 3] for j in range(5)]
-      d = torch.cat([f[1] - f[0], f[2] - f[1], f[3] - f[2], f[4] - f[3]], 1)
-      s0 = F.max_pool2d(self.conv1_5(F.avg_pool2d(d, 2, 2)), 3, 2, 1)
-      s1 = self.resnext_layer1(s0)
-      x = F.max_pool2d(F.relu(self.bn1(self.conv1(f[2]))), 3, 2, 1)
-      x = self.alpha * x + self.beta * F.interpolate(s0, x.shape[2:])
-      x = self.layer1_bak(x)
-      x = self.alpha * x + self.beta * F.interpolate(s1, x.shape[2:])
-      x = self.layer4_bak(self.layer3_bak(self.layer2_bak(x)))
-      return x.mean((2, 3))
-
-  return torch, Shift, MSE, TDN
-
-
-def _randomize(torch, net, seed):
-  """Random BN affine params and running stats, random shift kernels (all in eval mode)."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        c = m.num_features
-        m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-        m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-        m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-        m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-      if isinstance(m, torch.nn.Conv1d):
-        m.weight.add_(torch.randn(m.weight.shape, generator=g) * 0.3)
-  return net
+def _torch_reference():
+  """The library's torch reference module (skips without the torch extra)."""
+  pytest.importorskip("torch")
+  from aknet_jax import torch_reference  # pylint: disable=g-import-not-at-top (torch extra)
+  return torch_reference
 
 
 def _nchw(x):
@@ -228,10 +100,11 @@ def _flax_mse(t, train):
 @pytest.mark.parametrize("size", [7, 8])
 def test_mse_matches_torch_reference(size):
   """Eval and train mode; at 7x7 the half-scale map is 3x3 and comes back with [0,0,0,1,1,2,2]."""
-  torch, _, MSE, _ = _torch_modules()
+  lib = _torch_reference()
+  torch = lib.torch
   t, c = 4, 32
   torch.manual_seed(0)
-  ref = _randomize(torch, MSE(c, t), 1).eval()
+  ref = lib.randomize_tdn(lib.MSE(c, t), 1).eval()
   x = np.random.RandomState(2).randn(2 * t, size, size, c).astype(np.float32)
   variables = _mse_variables(ref)
   with jax.default_matmul_precision("highest"):
@@ -250,10 +123,11 @@ def test_mse_matches_torch_reference(size):
 
 
 def test_shift_module_matches_torch_conv1d():
-  torch, Shift, _, _ = _torch_modules()
+  lib = _torch_reference()
+  torch = lib.torch
   t, c = 4, 16
   torch.manual_seed(0)
-  ref = _randomize(torch, Shift(c, t), 3)
+  ref = lib.randomize_tdn(lib.TDNShift(c, t), 3)
   x = np.random.RandomState(4).randn(2 * t, 3, 5, c).astype(np.float32)
   kernel = jnp.asarray(ref.conv.weight.detach().numpy().transpose(2, 1, 0))  # (C, 1, 3) -> (3, 1, C)
   got = tdn.ShiftModule(t, 8).apply({"params": {"kernel": kernel}}, jnp.asarray(x))
@@ -276,10 +150,11 @@ def test_tdn_model_parity_with_converted_torch_reference(size):
   T = 3 uses the asymmetric fusion weights 0.75 / 0.25, so swapped weights would show.
   56 px (the official code's small setting) and 33 px (the smallest it runs: res5 maps 2x2, whose
   2x2 avg-pool in mSE leaves 1x1) take odd sizes: floor-mode pools, non-integer nearest resizes."""
-  torch, _, _, TDN = _torch_modules()
+  lib = _torch_reference()
+  torch = lib.torch
   t, clips, k, width = 3, 2, 5, 8
   torch.manual_seed(0)
-  ref = _randomize(torch, TDN(width, t), 5).eval()
+  ref = lib.randomize_tdn(lib.TDNNet(width, t), 5).eval()
   fc = torch.nn.Linear(32 * width, k)
   state = {f"module.base_model.{n}": v for n, v in ref.state_dict().items()}
   state.update({f"module.new_fc.{n}": v for n, v in fc.state_dict().items()})

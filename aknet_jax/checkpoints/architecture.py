@@ -62,5 +62,5 @@ def check(meta: dict, config: ml_collections.ConfigDict, kind: str | None, where
                        "checkpoint)")
   if stores_transform_matrix(meta, kind):
     raise ValueError(f"checkpoint {where} predates A = I + f in the transform net (its fc3 bias "
-                     "holds I): eval, predict and export convert it on load "
-                     "(checkpoints.restore.load_model_variables); training cannot resume it")
+                     "holds I): eval, predict and export convert it on load; training cannot "
+                     "resume it: start stage 2 again from stage 1 (move the workdir's stage2/ away)")

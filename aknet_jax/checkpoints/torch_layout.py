@@ -87,6 +87,7 @@ def _expected(config) -> dict:
   # Weight shapes do not depend on the image size; the smallest one the backbone takes suffices.
   cfg = config.copy_and_resolve_references()
   size = backbone_lib.min_image_size(config.model.backbone, "res5")
+  size = -(-size // 32) * 32  # The config takes multiples of 32 (TDN's 33 px -> 64).
   cfg.dataset.image_size = max(cfg.dataset.image_size, size)
   cfg.dataset.resize_short = max(cfg.dataset.resize_short, cfg.dataset.image_size)
   for collection, tree in models.variable_shapes(cfg, "video_net").items():

@@ -1,4 +1,5 @@
-"""Evaluation over a whole split: top-1/top-5, per-class accuracy, keypoint precision.
+"""Evaluation over a whole split: top-1/top-5, per-class accuracy, keypoint precision, points per
+frame.
 
 Every example counts exactly once: the pipeline pads the last batch and masks the padding, and
 the counts are summed over hosts.
@@ -35,9 +36,29 @@ def keypoint_coverage(xyt: np.ndarray, target_mask: np.ndarray, stride: int) -> 
   return float(precision), float(cells.mean())
 
 
+def points_per_frame(xyt: np.ndarray, target_mask: np.ndarray) -> tuple[float | None, float]:
+  """(correlation, coefficient of variation) of one clip's per-frame keypoint counts.
+
+  The count of frame t is the number of selected points whose t coordinate is t (the joint top-k
+  over frames lets frames contribute different numbers). The correlation is Pearson's between
+  those counts and the target's visible area per frame (mask pixels); None when either is
+  constant over the frames (it is undefined). The coefficient of variation is std / mean of the
+  counts (0: every frame contributes the same number).
+  """
+  t = target_mask.shape[0]
+  counts = np.bincount(np.asarray(xyt)[:, 2].astype(np.int64), minlength=t)[:t].astype(np.float64)
+  area = target_mask.reshape(t, -1).astype(np.float64).sum(axis=1)
+  cv = float(counts.std() / counts.mean()) if counts.mean() > 0 else 0.0
+  if counts.std() == 0 or area.std() == 0:
+    return None, cv
+  return float(np.corrcoef(counts, area)[0, 1]), cv
+
+
 @dataclasses.dataclass
 class EvalResult:
-  metrics: dict  # top1, top5, num_examples (+ keypoint_precision, keypoint_chance).
+  # top1, top5, num_examples (+ keypoint_precision, keypoint_chance, keypoint_frame_cv and, where
+  # some clip's counts and target area both vary over frames, keypoint_frame_corr).
+  metrics: dict
   per_class: dict  # class index -> {'accuracy', 'num_examples'}.
   images: list  # (frames, xyt, label, prediction) of the first clips, for keypoint overlays.
   indices: list  # Example indices this host evaluated (each exactly once).
@@ -51,7 +72,8 @@ class _Totals:
     self.correct = np.zeros(num_classes, np.float64)
     self.count = np.zeros(num_classes, np.float64)
     self.top5 = 0.0
-    self.kp = np.zeros(3, np.float64)  # precision sum, chance sum, clips.
+    # precision sum, chance sum, clips, frame-corr sum, clips with a corr, frame-cv sum.
+    self.kp = np.zeros(6, np.float64)
     self.indices = []
 
   def add(self, logits, labels, mask, index):
@@ -95,7 +117,11 @@ def evaluate(config, p_eval, variables, *, feature_stride: int | None = None,
         masks = tm.reshape((-1, v) + tm.shape[(3 if v > 1 else 2):])
         for i in np.flatnonzero(mask):
           scores = [keypoint_coverage(xyt[i, j], masks[i, j], feature_stride) for j in range(v)]
-          totals.kp += (np.mean([p for p, _ in scores]), np.mean([c for _, c in scores]), 1.0)
+          per_frame = [points_per_frame(xyt[i, j], masks[i, j]) for j in range(v)]
+          corrs = [r for r, _ in per_frame if r is not None]
+          totals.kp += (np.mean([p for p, _ in scores]), np.mean([c for _, c in scores]), 1.0,
+                        np.mean(corrs) if corrs else 0.0, 1.0 if corrs else 0.0,
+                        np.mean([cv for _, cv in per_frame]))
       if len(images) < num_images:
         fr = batch["frames"]
         frames = fr.reshape((-1, v) + fr.shape[(3 if v > 1 else 2):])
@@ -111,6 +137,9 @@ def evaluate(config, p_eval, variables, *, feature_stride: int | None = None,
   if kp[2] > 0:
     metrics["keypoint_precision"] = float(kp[0] / kp[2])
     metrics["keypoint_chance"] = float(kp[1] / kp[2])
+    metrics["keypoint_frame_cv"] = float(kp[5] / kp[2])
+    if kp[4] > 0:
+      metrics["keypoint_frame_corr"] = float(kp[3] / kp[4])
   per_class = {str(c): {"accuracy": float(correct[c] / count[c]) if count[c] else None,
                         "num_examples": int(count[c])} for c in range(k)}
   return EvalResult(metrics, per_class, images, totals.indices)
