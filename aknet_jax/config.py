@@ -123,8 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
 def measured_aknet(c: ml_collections.ConfigDict):
   """The AK-Net that is cheaper than its baseline in measured time (ResNet-50, 8 x 224², 2-core
   CPU, docs/benchmarks.md): no transform net and the squared point stride. MACs 0.853 of TSM,
-  latency 0.84 (batch 1) / 0.87 (batch 8), training step 1.07x; the paper's full transform
-  (`transform=full,point_stride=same`) costs 2.6x TSM's training step."""
+  latency 0.94 (batch 1) / 0.93 (batch 8), training step 1.08x; the paper's full transform
+  costs 1.62x TSM's training step (squared stride)."""
   c.model.aknet.transform_mode = "none"
   c.model.aknet.point_stride = "squared"
 
