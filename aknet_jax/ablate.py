@@ -326,7 +326,7 @@ def define_flags():
                        "steps (warmup at most a fifth); 0: the config's stage-2 schedule.")
   flags.DEFINE_integer("latency_reps", 5, "Timed calls per row for latency (median reported).")
   flags.DEFINE_string("compilation_cache_dir",
-                      os.environ.get("AKNET_COMPILATION_CACHE", "~/.cache/aknet_jax/xla"),
+                      cli.COMPILATION_CACHE,
                       "Persistent XLA compilation cache, as for aknet_jax.main: the seeds of a "
                       "row reuse its compiled steps ('' = off; $JAX_COMPILATION_CACHE_DIR wins).")
 
@@ -340,10 +340,7 @@ def main(argv):
   except ValueError as e:
     cli.fail(str(e))
   import sys  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   command = "python -m aknet_jax.ablate " + " ".join(sys.argv[1:])
   cli.call(run_ablation, FLAGS.config, FLAGS.workdir, rows=FLAGS.rows, seeds=FLAGS.seeds,
            budget_minutes=FLAGS.budget_minutes, stage2_steps=FLAGS.stage2_steps,

@@ -9,6 +9,7 @@ TensorFlow's data errors) and preemption. `--verbosity=1` also logs the tracebac
 from __future__ import annotations
 
 import gc
+import os
 import re
 import sys
 import traceback
@@ -20,6 +21,8 @@ from aknet_jax import config as config_lib
 from aknet_jax import preemption
 
 USER_ERROR = 2  # Exit status for bad input and for faults reported in one line.
+# Default of the commands' --compilation_cache_dir ('' = off); $AKNET_COMPILATION_CACHE sets it.
+COMPILATION_CACHE = os.environ.get("AKNET_COMPILATION_CACHE", "~/.cache/aknet_jax/xla")
 T = TypeVar("T")
 _EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 
@@ -121,3 +124,13 @@ def call(fn: Callable[..., T], *args, **kwargs) -> T:
   gc.collect()
   _report(line)
   sys.exit(code)
+
+
+def use_compilation_cache(directory: str):
+  """Turns on JAX's persistent cache for every compile of a second or more, so that a rerun, a
+  resume or another seed reuses compiled steps ('' = off; $JAX_COMPILATION_CACHE_DIR wins)."""
+  import jax  # pylint: disable=g-import-not-at-top  (keeps --help fast)
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not directory:
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

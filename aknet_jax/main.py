@@ -28,7 +28,7 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 flags.DEFINE_string("compilation_cache_dir",
-                    os.environ.get("AKNET_COMPILATION_CACHE", "~/.cache/aknet_jax/xla"),
+                    cli.COMPILATION_CACHE,
                     "Persistent XLA compilation cache: a rerun, a resume or an eval reuses the "
                     "compiled steps instead of compiling them again ('' = off; "
                     "$JAX_COMPILATION_CACHE_DIR, where set, wins).")
@@ -56,7 +56,7 @@ def _run():
   from aknet_jax import distributed, logs  # pylint: disable=g-import-not-at-top
   from aknet_jax.train import stages  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
-  _compilation_cache(FLAGS.compilation_cache_dir)
+  cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info("JAX process %d/%d, local devices: %s", *distributed.describe())
   if FLAGS.mode == "train":
@@ -67,15 +67,6 @@ def _run():
                     window_seconds=FLAGS.window_seconds, stride_seconds=FLAGS.stride_seconds)
   else:
     stages.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-
-
-def _compilation_cache(directory: str):
-  """Turns on JAX's persistent cache for every compile of a second or more."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not directory:
-    return
-  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 if __name__ == "__main__":
