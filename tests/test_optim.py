@@ -105,3 +105,20 @@ def test_uniform_policy_is_plain_sgd_on_everything():
   lr_mult, decay_mult = optim.multipliers(c, _params(np.random.default_rng(0)), new_classifier=True)
   assert set(jax.tree_util.tree_leaves(lr_mult)) == {1.0}
   assert set(jax.tree_util.tree_leaves(decay_mult)) == {1.0}
+
+
+def test_stage2_fresh_heads_take_the_plain_multipliers():
+  """The decision for stage 2 (README, "Stage-2 learning rates"): AK-Net's fresh parts (heatmap,
+  T, head, aux head) train at x1 weights / x2 biases like the compacted ones, not TSM's x5/x10,
+  which the stage-1 classifier gets only when it is new on top of pretrained weights."""
+  from aknet_jax import models  # pylint: disable=g-import-not-at-top
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  cfg = load_config("synthetic", "tiny,stage=2")
+  params = models.variable_shapes(cfg, "aknet")["params"]
+  lr_mult, decay_mult = optim.multipliers(cfg, params, new_classifier=False)
+  assert lr_mult["head"]["kernel"] == 1.0 and lr_mult["head"]["bias"] == 2.0
+  assert decay_mult["head"]["kernel"] == 1.0 and decay_mult["head"]["bias"] == 0.0
+  assert all(m in (1.0, 2.0) for m in jax.tree_util.tree_leaves(lr_mult))
+  stage1 = optim.multipliers(cfg, models.variable_shapes(cfg, "video_net")["params"],
+                             new_classifier=True)[0]
+  assert stage1["new_fc"]["kernel"] == 5.0 and stage1["new_fc"]["bias"] == 10.0
