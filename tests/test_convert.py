@@ -243,10 +243,9 @@ def test_imagenet_weights_for_tdn_follow_its_initialisation():
 
 
 def test_tdn_checkpoint_through_the_cli(tmp_path):
-  from test_tdn import _randomize, _torch_modules  # pylint: disable=g-import-not-at-top
-  _, _, _, TDN = _torch_modules()
+  from aknet_jax import torch_reference  # pylint: disable=g-import-not-at-top (torch extra)
   torch.manual_seed(0)
-  ref = _randomize(torch, TDN(8, T), 5)
+  ref = torch_reference.randomize_tdn(torch_reference.TDNNet(8, T), 5)
   fc = torch.nn.Linear(32 * 8, K)
   state = {f"module.base_model.{n}": v for n, v in ref.state_dict().items()}
   state.update({f"module.new_fc.{n}": v for n, v in fc.state_dict().items()})
