@@ -105,24 +105,31 @@ def _background(rng, height, width):
   return bg
 
 
+def _bouncing_path(rng, size, top_speed, scale, num_frames, height, width) -> np.ndarray:
+  """(num_frames, 2) centres of a shape of half-size `size` from a random place along a random
+  straight line at 0.5..top_speed (x scale) px/frame, bouncing off the borders."""
+  pos = np.array([rng.uniform(size, width - size), rng.uniform(size, height - size)])
+  direction = rng.uniform(0, 2 * np.pi)
+  vel = rng.uniform(0.5, top_speed) * scale * np.array([np.cos(direction), np.sin(direction)])
+  path = []
+  for _ in range(num_frames):
+    path.append(pos.copy())
+    pos += vel
+    for d, hi in ((0, width), (1, height)):
+      if not size <= pos[d] <= hi - size:
+        vel[d] = -vel[d]
+        pos[d] = np.clip(pos[d], size, hi - size)
+  return np.array(path)
+
+
 def _distractors(rng, num_frames, height, width):
   """2-4 solid shapes moving in random straight lines, bouncing off the borders."""
   s = min(height, width) / 64.0
   out = []
   for _ in range(rng.integers(2, 5)):
     size = rng.uniform(3.0, 6.0) * s
-    pos = np.array([rng.uniform(size, width - size), rng.uniform(size, height - size)])
-    direction = rng.uniform(0, 2 * np.pi)
-    vel = rng.uniform(0.5, 2.0) * s * np.array([np.cos(direction), np.sin(direction)])
-    path = []
-    for _ in range(num_frames):
-      path.append(pos.copy())
-      pos += vel
-      for d, hi in ((0, width), (1, height)):
-        if not size <= pos[d] <= hi - size:
-          vel[d] = -vel[d]
-          pos[d] = np.clip(pos[d], size, hi - size)
-    out.append({"shape": rng.integers(0, 3), "size": size, "path": np.array(path),
+    path = _bouncing_path(rng, size, 2.0, s, num_frames, height, width)
+    out.append({"shape": rng.integers(0, 3), "size": size, "path": path,
                 "colour": rng.uniform(20, 235, size=3)})
   return out
 
@@ -217,20 +224,10 @@ def _hard_distractors(rng, num_frames, height, width):
   decoys = int(rng.uniform() < 0.5)
   for i in range(n):
     size = rng.uniform(2.5, 6.0) * s
-    pos = np.array([rng.uniform(size, width - size), rng.uniform(size, height - size)])
-    direction = rng.uniform(0, 2 * np.pi)
-    vel = rng.uniform(0.5, 2.5) * s * np.array([np.cos(direction), np.sin(direction)])
-    path = []
-    for _ in range(num_frames):
-      path.append(pos.copy())
-      pos += vel
-      for d, hi in ((0, width), (1, height)):
-        if not size <= pos[d] <= hi - size:
-          vel[d] = -vel[d]
-          pos[d] = np.clip(pos[d], size, hi - size)
+    path = _bouncing_path(rng, size, 2.5, s, num_frames, height, width)
     colour = (np.array(TARGET_COLOURS[int(rng.integers(0, 2))], np.float64) if i < decoys
               else rng.uniform(20, 235, size=3))
-    out.append({"shape": rng.integers(0, 3), "size": size, "path": np.array(path),
+    out.append({"shape": rng.integers(0, 3), "size": size, "path": path,
                 "colour": colour, "front": bool(rng.uniform() < 0.2)})
   return out
 
