@@ -143,6 +143,16 @@ def _shape_mask(shape, cx, cy, size, yy, xx):
   return (dy <= size * 0.7) & (dy >= 2.0 * np.abs(dx) - size)  # Triangle pointing up.
 
 
+def _draw_pinwheel(frame, traj, t, yy, xx) -> np.ndarray:
+  """Paints the target of frame t (quadrants alternating TARGET_COLOURS) into `frame`; returns
+  its disc (H, W) bool."""
+  dx, dy = xx - traj["x"][t], yy - traj["y"][t]
+  disc = dx * dx + dy * dy <= traj["radius"][t] ** 2
+  quadrant = np.floor(np.mod(np.arctan2(dy, dx) - traj["angle"][t], 2 * np.pi) / (np.pi / 2))
+  frame[disc] = np.array(TARGET_COLOURS, np.float32)[quadrant[disc].astype(np.int64) % 2]
+  return disc
+
+
 def render_clip(label: int, rng: np.random.Generator, num_frames: int, height: int, width: int):
   """Renders one clip: frames (F, H, W, 3) uint8, masks (F, H, W) uint8 in {0, 1}, trajectory."""
   traj = target_trajectory(label, rng, num_frames, height, width)
@@ -151,16 +161,12 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int, height: i
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   masks = np.empty((num_frames, height, width), np.uint8)
-  colours = np.array(TARGET_COLOURS, np.float32)
   for t in range(num_frames):
     frame = bg.copy()
     for d in distractors:
       cx, cy = d["path"][t]
       frame[_shape_mask(d["shape"], cx, cy, d["size"], yy, xx)] = d["colour"]
-    dx, dy = xx - traj["x"][t], yy - traj["y"][t]
-    disc = dx * dx + dy * dy <= traj["radius"][t] ** 2
-    quadrant = np.floor(np.mod(np.arctan2(dy, dx) - traj["angle"][t], 2 * np.pi) / (np.pi / 2))
-    frame[disc] = colours[quadrant[disc].astype(np.int64) % 2]
+    disc = _draw_pinwheel(frame, traj, t, yy, xx)
     frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     masks[t] = disc
   return frames, masks, traj
@@ -256,17 +262,13 @@ def render_hard_clip(label: int, rng: np.random.Generator, num_frames: int, heig
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
   frames = np.empty((num_frames, height, width, 3), np.uint8)
   masks = np.empty((num_frames, height, width), np.uint8)
-  colours = np.array(TARGET_COLOURS, np.float32)
   for t in range(num_frames):
     frame = bg.copy()
     for d in distractors:
       if not d["front"]:
         cx, cy = d["path"][t]
         frame[_shape_mask(d["shape"], cx, cy, d["size"], yy, xx)] = d["colour"]
-    dx, dy = xx - traj["x"][t], yy - traj["y"][t]
-    visible = dx * dx + dy * dy <= traj["radius"][t] ** 2
-    quadrant = np.floor(np.mod(np.arctan2(dy, dx) - traj["angle"][t], 2 * np.pi) / (np.pi / 2))
-    frame[visible] = colours[quadrant[visible].astype(np.int64) % 2]
+    visible = _draw_pinwheel(frame, traj, t, yy, xx)
     for d in distractors:
       if d["front"]:
         cx, cy = d["path"][t]
