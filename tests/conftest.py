@@ -6,8 +6,24 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Commands the tests start compile for real unless a test asks for the persistent cache.
+# The commands' own default cache (~/.cache) stays off: runs share the one below instead.
 os.environ.setdefault("AKNET_COMPILATION_CACHE", "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+  """One persistent XLA cache per test run, for the pytest workers and every command they start:
+  the tiny configs' steps compile once per run instead of once per test. Fresh each run (under
+  pytest's temp root, shared by the xdist workers of this run), so no state crosses runs."""
+  import jax  # Imported here: collection of the light tests stays fast.
+  base = tmp_path_factory.getbasetemp()
+  cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
+  cache.mkdir(exist_ok=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+  jax.config.update("jax_compilation_cache_dir", str(cache))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  yield str(cache)
 
 
 def load_config(name: str, arg: str | None = None):

@@ -13,10 +13,15 @@ from test_aknet import B, K, S, T, tiny_config
 _FRAMES = jax.random.normal(jax.random.key(1), (B, T, S, S, 3))
 
 
-def _run(**overrides):
+def _run(with_grads=True, **overrides):
+  """Builds the tiny AK-Net with `model.aknet` overrides; one training-mode gradient (finite
+  everywhere) unless `with_grads` is False, and the eval keypoints."""
   config = tiny_config(**{f"model.aknet.{k}": v for k, v in overrides.items()})
   model = models.build(config, "aknet")
   variables = models.init_variables(config, "aknet", jax.random.key(0))
+  if not with_grads:
+    _, kp = jax.jit(lambda v: model.apply(v, _FRAMES, train=False, return_keypoints=True))(variables)
+    return config, variables, None, None, np.asarray(kp["xyt"]), np.asarray(kp["heatmap"])
 
   def loss(params):
     out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, _FRAMES,
@@ -31,9 +36,9 @@ def _run(**overrides):
 
 
 def test_ranking_orders_the_same_points_three_ways():
-  _, _, _, _, xyt, _ = _run(ranking="xyt")
-  _, _, _, _, by_score, heat = _run(ranking="score")
-  _, _, _, _, shuffled, _ = _run(ranking="random")
+  _, _, _, _, xyt, _ = _run(False, ranking="xyt")
+  _, _, _, _, by_score, heat = _run(False, ranking="score")
+  _, _, _, _, shuffled, _ = _run(False, ranking="random")
   h = w = S // 16
   for i in range(B):
     flat = lambda a: (a[:, 2] * h * w + a[:, 1] * w + a[:, 0]).tolist()  # noqa: E731
@@ -48,8 +53,9 @@ def test_ranking_orders_the_same_points_three_ways():
 
 
 def test_head_without_global_pool_and_with_position_embedding():
-  _, with_g, *_ = _run()
-  _, without_g, *_ = _run(concat_global=False)
+  shapes = lambda **kw: models.variable_shapes(  # noqa: E731
+      tiny_config(**{f"model.aknet.{k}": v for k, v in kw.items()}), "aknet")
+  with_g, without_g = shapes(), shapes(concat_global=False)
   c_split, c_out = 8 * 4 * 1, 8 * 8 * 1  # res4 and res5 channels of the width-8 ResNet-18.
   assert with_g["params"]["head"]["kernel"].shape == (c_split + c_out, K)
   assert without_g["params"]["head"]["kernel"].shape == (c_out, K)

@@ -148,7 +148,9 @@ def test_both_stages_from_the_command_line_then_eval_in_a_new_process(tiny_data_
   workdir, cache = str(tmp_path / "run"), tmp_path / "xla_cache"
   cmd = [sys.executable, "-m", "aknet_jax.main", f"--config=configs/synthetic.py:tiny,data_dir={tiny_data_dir}",
          f"--workdir={workdir}", f"--compilation_cache_dir={cache}"]
-  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+  # The suite's shared cache ($JAX_COMPILATION_CACHE_DIR) would take precedence over the flag.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
   assert out.returncode == 0, out.stderr[-4000:]
   assert "ETA" in out.stderr
   assert len(os.listdir(cache)) >= 2  # The compiled steps, for the next process to reuse.
@@ -166,7 +168,8 @@ def test_both_stages_from_the_command_line_then_eval_in_a_new_process(tiny_data_
   assert os.path.exists(os.path.join(workdir, "stage2", "keypoints", "grid.png"))
 
   os.remove(os.path.join(workdir, "results.json"))
-  out = subprocess.run(cmd + ["--mode=eval"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  out = subprocess.run(cmd + ["--mode=eval"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env=env)
   assert out.returncode == 0, out.stderr[-4000:]
   with open(os.path.join(workdir, "results.json")) as f:
     again = json.load(f)
