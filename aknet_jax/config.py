@@ -13,7 +13,7 @@ import ml_collections
 from aknet_jax.config_variants import (MODEL_VARIANTS, apply_variants, frames_per_segment,
                                        set_backbone)  # noqa: F401  (the configs use these)
 
-BACKBONES = ("tsn", "tsm", "tdn")
+BACKBONES = ("tsn", "tsm", "tdn", "tea", "tada2d")
 DEPTHS = (18, 34, 50, 101)
 SPLITS = ("res2", "res3", "res4")
 TRANSFORM_MODES = ("full", "lowrank", "none")
@@ -143,6 +143,38 @@ def something_something_recipe(c: ml_collections.ConfigDict):
   c.dataset.flip = False  # Left/right classes: TSM never flips Something-Something.
 
 
+def tea_recipe(c: ml_collections.ConfigDict):
+  """TEA on Something-Something as Phoenix1327/tea-action-recognition's
+  scripts/train_tea_something_rgb_8f.sh (its only Something script, V1): lr 0.02 for 64 clips,
+  x0.1 at 30/40/45 of 50 epochs; wd 5e-4, clip 20, dropout 0.5, no partial BN, TSM's lr policy
+  as something_something_recipe has them."""
+  c.train.learning_rate = 0.02
+  c.train.lr_steps = (30, 40, 45)
+
+
+def tada2d_recipe(c: ml_collections.ConfigDict):
+  """TAda2D on SSV2 as alibaba-mmai-research/TAdaConv configs/projects/tada/tada2d_ssv2.yaml
+  (+ configs/pool/base.yaml): SGD lr 0.48 for 128 clips, 64 epochs, wd 1e-4 (BN undecayed), no lr
+  multipliers, dropout 0.5, 4 warmup epochs. Not expressible here, so left as the TSM recipe has
+  them: its cosine schedule (lr_steps stay 20/40), Nesterov momentum, its label-swapping flip."""
+  c.train.learning_rate = 0.48
+  c.train.batch_size = c.train.recipe_batch_size = 128
+  c.train.num_epochs = 64
+  c.train.weight_decay = 1e-4
+  c.train.warmup_steps = 4 * -(-168_913 // 128)  # 4 epochs of SSV2's 168,913 training videos.
+  c.model.dropout = 0.5
+
+
+def backbone_with_recipes(recipes: dict):
+  """The `backbone=NAME` variant that also applies `recipes[NAME]` (a dataset's official recipe
+  for that backbone, e.g. {'tea': tea_recipe})."""
+  def set_with_recipe(c: ml_collections.ConfigDict, name: str):
+    set_backbone(c, name)
+    if name in recipes:
+      recipes[name](c)
+  return set_with_recipe
+
+
 def finish(c: ml_collections.ConfigDict, arg: str | None,
            variants: dict | None = None) -> ml_collections.ConfigDict:
   """Sets the backbone's recipe, applies the config string with `variants` and validates."""
@@ -162,9 +194,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(str(config.stage) in STAGES, "stage", f"{config.stage!r} is not one of {STAGES}")
   _check(m.backbone in BACKBONES, "model.backbone", f"{m.backbone!r} is not one of {BACKBONES}")
   _check(m.depth in DEPTHS, "model.depth", f"{m.depth!r} is not one of {DEPTHS}")
-  if m.backbone == "tdn":
+  if m.backbone in ("tdn", "tea", "tada2d"):
     _check(m.depth in (50, 101), "model.depth",
-           f"{m.depth!r}, but backbone 'tdn' needs a bottleneck ResNet (50 or 101)")
+           f"{m.depth!r}, but backbone {m.backbone!r} needs a bottleneck ResNet (50 or 101)")
   _check(m.width >= 8 and m.width % 8 == 0, "model.width",
          f"{m.width!r} must be a multiple of 8 and >= 8 (64 = standard ResNet)")
   _check(0.0 <= m.dropout < 1.0, "model.dropout", f"{m.dropout!r} must be in [0, 1)")

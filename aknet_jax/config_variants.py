@@ -28,12 +28,19 @@ def _coerce(value: str, current):
   return value
 
 
+# The lr/wd multipliers each backbone's official recipe uses ('tsm': TSM's first-conv/BN/fc policy).
+LR_POLICIES = {
+    "tdn": "uniform",
+    "tada2d": "uniform",  # TAdaConv: lr x1 everywhere (its BN weight decay 0 is not modelled).
+}
+
+
 def set_backbone(c: ml_collections.ConfigDict, name: str):
   """`backbone=NAME`: the backbone and what its recipe changes with it: TDN reads 5 frames per
   segment and applies no lr/wd multipliers."""
   c.model.backbone = name
   c.dataset.frames_per_segment = frames_per_segment(name)
-  c.train.lr_policy = "uniform" if name == "tdn" else "tsm"
+  c.train.lr_policy = LR_POLICIES.get(name, "tsm")
 
 
 def set_image_size(c: ml_collections.ConfigDict, size: str):

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aknet_jax import cli, config as config_lib
-from aknet_jax.checkpoints import architecture, pytorch, torch_layout, write_variables
+from aknet_jax.checkpoints import architecture, pytorch, tada_layout, torch_layout, write_variables
 
 
 def convert_checkpoint(source: str, path: str, config, workdir: str, *,
@@ -37,6 +37,8 @@ def convert_checkpoint(source: str, path: str, config, workdir: str, *,
     raise ValueError(f"{directory} already holds checkpoints: convert into a new --workdir")
   state = pytorch.load_state_dict(path)
   pytorch.check_source(state, source, config, path)
+  if source == "tada2d":  # Official TAdaConv names and 5D / 6D conv weights -> torchvision's.
+    state = tada_layout.to_canonical(state)
   origin = {"source": source, "file": os.path.abspath(path)}
   arch = architecture.record(config, "video_net")
   if imagenet:
@@ -57,7 +59,8 @@ def _define_flags():
   """Defined only when run as a program: `aknet_jax.main` defines --config and --workdir too."""
   flags.DEFINE_enum("source", None, list(pytorch.SOURCES),
                     "torchvision: an ImageNet ResNet file; tsm: an official TSM / TSN checkpoint; "
-                    "tdn: an official TDN checkpoint.")
+                    "tdn: an official TDN checkpoint; tea: a TEA checkpoint (official code's "
+                    "layout); tada2d: an official TAdaConv (TAda2D) checkpoint.")
   flags.DEFINE_string("checkpoint", None, "The PyTorch file (.pth / .pth.tar).")
   flags.DEFINE_string("workdir", None, "Where the Orbax checkpoint goes (tsm/tdn: "
                       "stage1/checkpoints/0; torchvision: checkpoints/0).")

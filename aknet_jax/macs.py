@@ -32,6 +32,18 @@ PAPER_GFLOPS = {("tsm", None): 33, ("tdn", None): 36, ("tsm", "full"): 28, ("tdn
 ROWS = (("TSN", "tsn", None, None), ("TSM", "tsm", None, None), ("TDN", "tdn", None, None)) + tuple(
     (f"AK-Net-{b.upper()}", b, mode, stride) for b in ("tsm", "tdn")
     for mode in ("full", "lowrank", "none") for stride in config_lib.POINT_STRIDES)
+# TAda2D (TAdaConv paper, SSV2 / K400 tables): 43 G as the official code counts it (fvcore) on its
+# test crop, 8 x 256^2 (configs/projects/tada: TEST_CROP_SIZE 256); the net is ~32 G at 224^2.
+PAPER_GFLOPS[("tada2d", None)] = 43
+PAPER_AT = {"tada2d": " (256²)"}  # A paper figure counted at another input size than the table's.
+ROWS += (("TAda2D", "tada2d", None, None),) + tuple(
+    ("AK-Net-TAda2D", "tada2d", mode, stride) for mode in ("full", "lowrank", "none")
+    for stride in config_lib.POINT_STRIDES)
+# TEA (TEA paper, Table 1/2: TEA-R50, 8 frames, 224^2 single crop): 35 G.
+PAPER_GFLOPS[("tea", None)] = 35
+ROWS += (("TEA", "tea", None, None),) + tuple(
+    ("AK-Net-TEA", "tea", mode, stride) for mode in ("full", "lowrank", "none")
+    for stride in config_lib.POINT_STRIDES)
 
 
 def row_config(backbone: str, transform: str | None, *, depth=50, width=64, frames=8,
@@ -73,7 +85,8 @@ def table(**kwargs) -> str:
               for i in (False, True)]
     lines.append(f"| {name} | {transform or '—'} | {stride or '—'} | "
                  f"{models.gmacs(config, kind, shapes=shapes):.2f} | "
-                 f"{paper if paper else '—'} | {params[0]:.1f} | {params[1]:.1f} |")
+                 f"{f'{paper}{PAPER_AT.get(backbone, str())}' if paper else '—'} | "
+                 f"{params[0]:.1f} | {params[1]:.1f} |")
   return "\n".join(lines)
 
 

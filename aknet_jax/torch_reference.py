@@ -237,7 +237,8 @@ class TDNNet(nn.Module):
 
 
 def randomize_tdn(net, seed: int):
-  """Random BN affine params and running stats, random shift kernels (all in eval mode)."""
+  """Random BN affine params and running stats, random Conv1d (TDN's shift, TEA's temporal conv)
+  kernels: parity tests then see every module's effect (all in eval mode)."""
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in net.modules():

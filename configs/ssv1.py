@@ -1,10 +1,14 @@
-"""Something-Something V1 (JPEG frames, 100 px tall): the AK-Net paper's recipe.
+"""Something-Something V1 (JPEG frames, 100 px tall): the AK-Net paper's recipe (TSM default).
 
 Variants (`config.MODEL_VARIANTS`): `configs/ssv1.py:backbone=tdn,stage=2`; any field:
 `--config.FIELD=VALUE`.
 """
 
 from aknet_jax import config as config_lib
+
+
+# `backbone=tea` also sets the official TEA recipe.
+_BACKBONE = config_lib.backbone_with_recipes({"tea": config_lib.tea_recipe})
 
 
 def get_config(arg=None):
@@ -17,4 +21,5 @@ def get_config(arg=None):
   # Our reference records no AK-Net training code, so which one the paper's runs used is unknown.
   c.dataset.train_augment = "tsm_multiscale"
   config_lib.measured_aknet(c)
-  return config_lib.finish(c, arg)
+  return config_lib.finish(c, arg, dict(config_lib.MODEL_VARIANTS, backbone=_BACKBONE))
+

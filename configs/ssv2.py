@@ -1,10 +1,15 @@
-"""Something-Something V2: the AK-Net paper's recipe on TSM (default), TDN or TSN.
+"""Something-Something V2: the AK-Net paper's recipe on TSM (default), TDN, TSN, TEA or TAda2D.
 
 Variants (`config.MODEL_VARIANTS`): `configs/ssv2.py:backbone=tdn,stage=2,alpha=0.5`,
 `train_augment=paper` (the paper's crop); any field: `--config.FIELD=VALUE`.
 """
 
 from aknet_jax import config as config_lib
+
+
+# `backbone=tea|tada2d` also sets that backbone's official recipe for this dataset.
+_BACKBONE = config_lib.backbone_with_recipes({"tea": config_lib.tea_recipe,
+                                              "tada2d": config_lib.tada2d_recipe})
 
 
 def get_config(arg=None):
@@ -17,4 +22,5 @@ def get_config(arg=None):
   # Our reference records no AK-Net training code, so which one the paper's runs used is unknown.
   c.dataset.train_augment = "tsm_multiscale"
   config_lib.measured_aknet(c)
-  return config_lib.finish(c, arg)
+  return config_lib.finish(c, arg, dict(config_lib.MODEL_VARIANTS, backbone=_BACKBONE))
+

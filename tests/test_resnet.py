@@ -128,7 +128,7 @@ def test_init_distributions():
 
 
 @pytest.mark.parametrize("change,shape,match", [
-    (dict(backbone="i3d"), None, r"config.model.backbone: 'i3d' is not one of \('tsn', 'tsm', 'tdn'\)"),
+    (dict(backbone="i3d"), None, r"config.model.backbone: 'i3d' is not one of \('tsn', 'tsm', 'tdn', 'tea', 'tada2d'\)"),
     (dict(depth=42), None, r"config.model.depth: 42 is not one of \(18, 34, 50, 101\)"),
     (dict(backbone="tdn", depth=18), None, "config.model.depth: 18, but backbone 'tdn' needs"),
     (dict(upto="res6"), None, "upto: 'res6' is not one of"),

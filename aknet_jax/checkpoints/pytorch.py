@@ -11,9 +11,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from aknet_jax.checkpoints import tada_layout
 from aknet_jax.checkpoints.torch_layout import canonical_key
 
-SOURCES = ("torchvision", "tsm", "tdn")
+SOURCES = ("torchvision", "tsm", "tdn", "tea", "tada2d")
 _EXTRA = 'pip install -e ".[convert]"'
 _TDN_KEY = re.compile(r"(^|\.)(layer\d_bak|conv1_5|resnext_layer1)\.")
 
@@ -57,7 +58,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{path} is not a PyTorch checkpoint (torch.load: {reason})") from None
   state = obj
   if isinstance(obj, Mapping):
-    nested = [k for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)]
+    # 'model_state': official TAdaConv training checkpoints.
+    nested = [k for k in ("state_dict", "model", "model_state") if isinstance(obj.get(k), Mapping)]
     state = obj[nested[0]] if nested else obj
   if not isinstance(state, Mapping) or not state:
     raise ValueError(f"{path} holds a {'empty ' if isinstance(state, Mapping) else ''}"
@@ -72,9 +74,35 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
           for k, v in state.items()}
 
 
+_TEA_KEY = re.compile(r"(^|\.)(me\.conv1|shifts\.\d+\.conv)\.")
+# Backbones whose checkpoints only their own --source reads: (label, a key only their files have,
+# the modules it names, sources that may still convert into the backbone).
+_OWN_SOURCE = {"tada2d": ("TAda2D", tada_layout.KEY, "conv_branch.b_rf", ("torchvision",)),
+               "tea": ("TEA", _TEA_KEY, "me, shifts", ())}  # torchvision: TEA is a Res2Net.
+
+
+def _check_own_source(state: Mapping[str, Any], source: str, backbone: str, path: str):
+  """check_source for TEA / TAda2D files (`_OWN_SOURCE`) and configs."""
+  for name, (label, key, modules, allowed) in _OWN_SOURCE.items():
+    found = next((k for k in state if key.search(k)), None)
+    if source == name and backbone != name:
+      raise ValueError(f"--source={name} needs a {label} config, but config.model.backbone="
+                       f"{backbone!r}: add backbone={name} to the config string")
+    if source == name and not found:
+      raise ValueError(f"{path} has no {label} modules ({modules}): use --source=tsm for a TSM / "
+                       "TSN checkpoint or --source=torchvision for ImageNet")
+    if source != name and found:
+      raise ValueError(f"{path} is a {label} checkpoint (key {found!r}): use --source={name} "
+                       f"with backbone={name} in the config")
+    if source != name and source not in allowed and backbone == name:
+      raise ValueError(f"--source={source} does not convert to config.model.backbone={name!r}: "
+                       f"use --source={name} for an official {label} checkpoint")
+
+
 def check_source(state: Mapping[str, Any], source: str, config, path: str):
   """One-line errors for a file of another kind than --source, or a config of another backbone."""
   backbone = config.model.backbone
+  _check_own_source(state, source, backbone, path)
   tdn_key = next((k for k in state if _TDN_KEY.search(k)), None)
   shift_key = next((k for k in state if ".net." in k), None)
   video_key = tdn_key or shift_key or next(

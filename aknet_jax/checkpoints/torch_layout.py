@@ -25,6 +25,7 @@ _DROPPED = (re.compile(r"(^|\.)num_batches_tracked$"),
 _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1",
                  "conv1_5": "conv1_5.0", "bn1_5": "conv1_5.1"}
 _BLOCK = re.compile(r"^(layer\d+|resnext_layer1)_(\d+)$")
+_TEA_LIST = re.compile(r"^(convs|bns|shifts)_(\d+)$")  # TEA's ModuleLists: `convs_0` -> `convs.0`.
 
 
 def canonical_key(key: str) -> str:
@@ -44,8 +45,10 @@ def _torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
   parts = []
   for name in modules:
     block = _BLOCK.match(name)
-    parts.append(f"{block.group(1)}.{block.group(2)}" if block else _MODULE_NAMES.get(name, name))
-  if modules[-1] == "shift":
+    listed = _TEA_LIST.match(name)
+    parts.append(f"{block.group(1)}.{block.group(2)}" if block else
+                 f"{listed.group(1)}.{listed.group(2)}" if listed else _MODULE_NAMES.get(name, name))
+  if modules[-1] == "shift" or modules[-1].startswith("shifts_"):  # TDN's / TEA's Conv1d (C, 1, 3).
     return ".".join(parts + ["conv", "weight"]), "conv1d"
   if collection == "batch_stats":
     return ".".join(parts + [{"mean": "running_mean", "var": "running_var"}[leaf]]), "copy"
@@ -59,6 +62,8 @@ def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
     return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
   if kind == "kernel" and value.ndim == 2:
     return value.T  # Linear (out, in) -> (in, out)
+  if kind == "kernel" and value.ndim == 3:
+    return value.transpose(2, 1, 0)  # Conv1d OIK -> KIO (TAda2D's route function)
   if kind == "conv1d":
     return value.transpose(2, 1, 0)  # (C, 1, 3) -> (3, 1, C)
   return value
@@ -70,6 +75,8 @@ def _torch_shape(shape: tuple, kind: str, ndim: int) -> tuple:
     return (shape[3], shape[2], shape[0], shape[1])
   if kind == "kernel" and ndim == 2:
     return (shape[1], shape[0])
+  if kind == "kernel" and ndim == 3:
+    return (shape[2], shape[1], shape[0])
   if kind == "conv1d":
     return (shape[2], shape[1], shape[0])
   return tuple(shape)

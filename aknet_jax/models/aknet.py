@@ -76,7 +76,7 @@ class AKNet(nn.Module):
                            bb.width, bottleneck=resnet.expansion(bb.depth) == 4,
                            use_bias=bb.backbone == "tdn", bn_momentum=bb.bn_momentum,
                            bn_axis_name=bb.bn_axis_name, dtype=bb.dtype,
-                           point_stride=self.point_stride)
+                           point_stride=self.point_stride, backbone=bb.backbone)
     self.head_dropout = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.num_classes, dtype=bb.dtype, kernel_init=_head_init)
     if self.aux_head:

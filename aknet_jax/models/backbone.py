@@ -17,7 +17,7 @@ from aknet_jax.models import resnet
 from aknet_jax.models import tdn
 from aknet_jax.models.batch_norm import norm_layer
 
-BACKBONES = ("tsn", "tsm", "tdn")
+BACKBONES = ("tsn", "tsm", "tdn", "tea", "tada2d")
 
 
 def frames_per_segment(backbone: str) -> int:
@@ -90,8 +90,10 @@ class VideoBackbone(nn.Module):
       x = tdn.fuse(x, diff, t)
       temporal = "tdn"
     else:
-      temporal = "tsm" if self.backbone == "tsm" else "none"
-      x = resnet.stem(clips[:, 0], self.width, conv, stem_norm)
+      temporal = self.backbone if self.backbone in resnet.TEMPORAL_OPS else "none"
+      # TAda2D's stem has no max-pool; its layer1 strides instead (resnet.stage).
+      x = resnet.stem(clips[:, 0], self.width, conv, stem_norm,
+                      max_pool=self.backbone != "tada2d")
       x = stage(x, 0, temporal=temporal)
     for i in range(1, last + 1):
       x = stage(x, i, temporal=temporal)

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from aknet_jax.models import conv as conv_lib
+from aknet_jax.models import tada
+from aknet_jax.models import tea
 from aknet_jax.models.batch_norm import norm_layer
 
 POINT_STRIDES = ("same", "squared")
@@ -56,6 +58,11 @@ class Bottleneck1D(nn.Module):
     return nn.relu(x + y)
 
 
+# Backbones whose Q block differs from the plain 1D bottleneck (None: the plain one). Same
+# constructor (planes, strides, conv, norm) and call (B, N, C) -> (B, N', C') as Bottleneck1D.
+POINT_BLOCKS = {"tea": tea.POINT_BLOCK, "tada2d": tada.POINT_BLOCK}
+
+
 def _conv1d(features, kernel_size, strides, *, name, use_bias, dtype):
   """Kernel-k 1D conv with symmetric padding k//2, the 1D image of a padded k x k conv."""
   k = kernel_size[0]
@@ -80,6 +87,7 @@ class PointNet(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   point_stride: str = "same"
+  backbone: str = "tsn"  # A backbone with its own 1D block in POINT_BLOCKS; else the plain ones.
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -89,7 +97,7 @@ class PointNet(nn.Module):
     if self.point_stride not in POINT_STRIDES:
       raise ValueError(f"point_stride: {self.point_stride!r} is not one of {POINT_STRIDES}")
     down = 4 if self.point_stride == "squared" else 2
-    block = Bottleneck1D if self.bottleneck else BasicBlock1D
+    block = POINT_BLOCKS.get(self.backbone) or (Bottleneck1D if self.bottleneck else BasicBlock1D)
     x = x.astype(self.dtype)
     for i in range(self.first_stage, len(self.stage_sizes)):
       for b in range(self.stage_sizes[i]):

@@ -14,14 +14,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aknet_jax.models import tada
 from aknet_jax.models import tdn
+from aknet_jax.models import tea
 from aknet_jax.models.temporal_shift import temporal_shift
 
 ModuleDef = Any
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGES = ("res2", "res3", "res4", "res5")  # == torch layer1..layer4
-TEMPORAL_OPS = ("none", "tsm", "tdn")
+TEMPORAL_OPS = ("none", "tsm", "tdn", "tea", "tada2d")
+# Backbones whose block replaces conv2 -> bn2 -> ReLU: fn(block, h) -> h, called in the block's scope.
+MIDDLES = {"tea": tea.middle, "tada2d": tada.middle}
 
 # He init as torchvision / FBResNet: Normal(0, sqrt(2 / (kh * kw * C_out))), not truncated.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -123,15 +127,19 @@ class Bottleneck(nn.Module):
       raise ValueError(f"Bottleneck temporal op {self.temporal!r} is not one of {TEMPORAL_OPS}")
     s, cin, out_ch = self.strides, x.shape[-1], self.planes * 4
     h = temporal_shift(x, self.num_segments, self.shift_div) if self.temporal == "tsm" else x
-    h = self.conv(self.planes, (1, 1), padding="VALID", bias_init=torch_bias_init(cin),
+    mid = tea.mid_width(self.planes) if self.temporal == "tea" else self.planes  # Res2Net 26w x 4s.
+    h = self.conv(mid, (1, 1), padding="VALID", bias_init=torch_bias_init(cin),
                   name="conv1")(h)
     h = nn.relu(self.norm(name="bn1")(h))
     if self.temporal == "tdn":
       h = tdn.MSE(self.num_segments, self.conv, self.norm, name="mse")(h)
       h = tdn.ShiftModule(self.num_segments, self.shift_div, name="shift")(h)
-    h = self.conv(self.planes, (3, 3), strides=s, padding=((1, 1), (1, 1)),
-                  bias_init=torch_bias_init(self.planes * 9), name="conv2")(h)
-    h = nn.relu(self.norm(name="bn2")(h))
+    if self.temporal in MIDDLES:
+      h = MIDDLES[self.temporal](self, h)
+    else:
+      h = self.conv(self.planes, (3, 3), strides=s, padding=((1, 1), (1, 1)),
+                    bias_init=torch_bias_init(self.planes * 9), name="conv2")(h)
+      h = nn.relu(self.norm(name="bn2")(h))
     h = self.conv(out_ch, (1, 1), padding="VALID", bias_init=torch_bias_init(self.planes),
                   name="conv3")(h)
     h = self.norm(name="bn3")(h)
@@ -145,11 +153,15 @@ def block_class(depth: int):
   return BasicBlock if expansion(depth) == 1 else Bottleneck
 
 
-def stem(x, width, conv, norm):
-  """conv1 7x7 s2 p3 -> bn1 -> ReLU -> max-pool 3x3 s2 p1 (-inf padding), in the caller's scope."""
+def stem(x, width, conv, norm, max_pool: bool = True):
+  """conv1 7x7 s2 p3 -> bn1 -> ReLU -> max-pool 3x3 s2 p1 (-inf padding), in the caller's scope.
+
+  max_pool=False: TAda2D's stem, which ends at the ReLU (its layer1 strides by 2 instead)."""
   x = conv(width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
            bias_init=torch_bias_init(x.shape[-1] * 49), name="conv1")(x)
   x = nn.relu(norm(name="bn1")(x))
+  if not max_pool:
+    return x
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -158,13 +170,15 @@ def stage(x, index, *, depth: int, width: int, num_segments: int, shift_div: int
   """Stage `index` (0 = res2 = torch layer1) as blocks `{prefix}{index + 1}_{b}` in the caller's scope.
 
   TSM shifts every block, or every other block when res4 has >= 23 blocks (ResNet-101, `n_round`).
+  TAda2D strides layer1's first block too (its stem has no max-pool).
   """
   sizes = STAGE_SIZES[depth]
   n_round = 2 if sizes[2] >= 23 else 1
   for b in range(sizes[index]):
     op = "none" if temporal == "tsm" and b % n_round else temporal
     x = block_class(depth)(
-        planes=width * 2**index, strides=2 if index and not b else 1, conv=conv,
+        planes=width * 2**index, strides=2 if (index or temporal == "tada2d") and not b else 1,
+        conv=conv,
         norm=norm, temporal=op, num_segments=num_segments,
         shift_div=shift_div, name=f"{prefix}{index + 1}_{b}")(x)
   return x
