@@ -91,7 +91,8 @@ def test_tea_train_mode_bn_parity():
   frames = np.random.RandomState(2).randn(2, T, 64, 64, 3).astype(np.float32)
   model = models.build(config, "video_net")
   with jax.default_matmul_precision("highest"):
-    got, _ = model.apply(variables, frames, train=True, mutable=["batch_stats"])
+    got, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, frames)
   net.train()
   with torch.no_grad():
     want = net(frames).numpy()
@@ -109,8 +110,8 @@ def test_width_8_runs_with_one_me_channel():
   config = _config(width=8)
   frames = np.random.RandomState(4).randn(1, T, 32, 32, 3).astype(np.float32)
   with jax.default_matmul_precision("highest"):
-    got = models.build(config, "video_net").apply(torch_to_variables(state, config), frames,
-                                                  train=False)
+    got = jax.jit(lambda v, x: models.build(config, "video_net").apply(v, x, train=False))(
+        torch_to_variables(state, config), frames)
   with torch.no_grad():
     want = net(frames).numpy()
   assert np.abs(np.asarray(got) - want).max() / np.abs(want).max() < 1e-4
@@ -145,7 +146,8 @@ def test_compacted_tea_net_keeps_res2net_splits_and_drops_me_in_q():
     cin = 4 * 4 * WIDTH if name == "layer4_0" else 4 * 8 * WIDTH
     assert block["conv1"]["kernel"].shape == (1, cin, tea.mid_width(8 * WIDTH))
   frames = jax.random.normal(jax.random.key(2), (2, T, 32, 32, 3))
-  logits = models.build(config2, "aknet").apply(stage2, frames, train=False)
+  logits = jax.jit(lambda v, x: models.build(config2, "aknet").apply(v, x, train=False))(stage2,
+                                                                                         frames)
   assert logits.shape == (2, K) and np.all(np.isfinite(np.asarray(logits)))
 
 
