@@ -5,6 +5,9 @@ machine load falls on both alike; ratios JAX / torch are taken round by round.
 
 Both sides get every parameter the same lr and weight decay (TDN's 'uniform' policy; TSM's
 per-group multipliers only rescale the update) and no dropout, so they run the same arithmetic.
+On a GPU, torch runs on CUDA (cuDNN autotuning on, as the official TSM/TDN training scripts set)
+and every torch call ends with a device synchronisation, as every JAX call does. With
+`half_precision` the JAX model computes in bf16 and torch runs under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from aknet_jax import cost
 from aknet_jax.checkpoints import torch_layout
-from aknet_jax.timing import device_name, latency_stats, time_interleaved
+from aknet_jax.timing import device_name, latency_stats, peak_tflops, time_interleaved
 
 
 def _torch_model(config: ml_collections.ConfigDict):
@@ -61,49 +64,73 @@ def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batc
   variables = jax.device_put(torch_layout.torch_to_variables(
       {f"module.{k}": v for k, v in state.items()}, cfg))
   fn = cost.inference_fn(cfg, "video_net")
-  report = {"environment": environment(torch), "inference": [], "train": None,
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  if device == "cuda":
+    torch.backends.cudnn.benchmark = True
+  model.to(device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  bf16 = bool(cfg.half_precision)
+
+  def autocast():
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+
+  report = {"environment": environment(torch, device), "inference": [], "train": None,
             "config": {"backbone": cfg.model.backbone, "depth": int(cfg.model.depth),
                        "frames": int(cfg.dataset.num_segments),
-                       "image_size": int(cfg.dataset.image_size)}}
+                       "image_size": int(cfg.dataset.image_size), "bf16": bf16}}
 
   def torch_input(frames):  # (B, T*L, H, W, 3) -> (B*T, L*3, H, W), as the reference reads them.
-    return torch_reference.torch_frames(frames, cfg.dataset.num_segments)
+    return torch_reference.torch_frames(frames, cfg.dataset.num_segments).to(device)
 
   model.eval()
   for b in batches:
     frames = cost.random_frames(cfg, b)
     x = torch_input(frames)
     compiled = fn.lower(variables, frames).compile()
-    with torch.no_grad():
-      diff = float(np.max(np.abs(np.asarray(compiled(variables, frames)) - model(x).numpy())))
+    with torch.no_grad(), autocast():
+      ours = np.asarray(compiled(variables, frames), np.float32)
+      theirs = model(x).float().cpu().numpy()
+      diff = float(np.max(np.abs(ours - theirs)))
+      rel = diff / max(float(np.max(np.abs(theirs))), 1e-30)
 
     def torch_infer(x=x):
-      with torch.no_grad():
-        return model(x)
+      with torch.no_grad(), autocast():
+        out = model(x)
+      sync()
+      return out
 
     times = time_interleaved({"jax": lambda c=compiled, f=frames: c(variables, f),
                               "torch": torch_infer}, reps, warmup)
-    report["inference"].append(dict(_ratios(times), batch=b, max_abs_logit_diff=diff))
+    report["inference"].append(dict(_ratios(times), batch=b, max_abs_logit_diff=diff,
+                                    max_rel_logit_diff=rel))
 
   if train_batch > 0:
-    run_jax, _ = cost.train_step_runner(cfg, "video_net", train_batch, variables)
+    run_jax, flops = cost.train_step_runner(cfg, "video_net", train_batch, variables)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.train.learning_rate, momentum=0.9,
                           weight_decay=cfg.train.weight_decay)
     frames = cost.random_frames(cfg, train_batch)
     x = torch_input(frames)
-    y = torch.from_numpy(np.arange(train_batch) % cfg.dataset.num_classes)
+    y = torch.from_numpy(np.arange(train_batch) % cfg.dataset.num_classes).to(device)
 
     def torch_step():
       opt.zero_grad(set_to_none=True)
-      loss = torch.nn.functional.cross_entropy(model(x), y)
+      with autocast():
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
       loss.backward()
       torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
       opt.step()
+      sync()
       return loss
 
     times = time_interleaved({"jax": run_jax, "torch": torch_step}, reps, warmup)
-    report["train"] = dict(_ratios(times), batch=train_batch)
+    train = dict(_ratios(times), batch=train_batch, tflops_per_step=flops / 1e12)
+    peak = peak_tflops() if bf16 else None
+    for side in ("jax", "torch"):  # Both run the same arithmetic: XLA's count serves for both.
+      achieved = flops / (train[f"{side}_ms"]["median"] / 1e3) / 1e12
+      train[f"{side}_tflops_per_s"] = achieved
+      train[f"{side}_mfu"] = achieved / peak if peak else None
+    report["train"] = train
   return report
 
 
@@ -113,9 +140,11 @@ def _ratios(times: dict) -> dict:
           "ratios": per_round, "ratio_median": statistics.median(per_round)}
 
 
-def environment(torch) -> dict:
+def environment(torch, device: str = "cpu") -> dict:
   """What the figures depend on: machine, load, threads, versions, XLA flags."""
-  return {"device": device_name(), "load_average": os.getloadavg(),
+  return {"device": device_name(), "torch_device": (torch.cuda.get_device_name() if device == "cuda"
+                                                    else "cpu"),
+          "load_average": os.getloadavg(),
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
           "jax": jax.__version__, "python": platform.python_version(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -127,9 +156,11 @@ def format_report(report: dict) -> str:
   """Markdown of a `compare` report."""
   env = report["environment"]
   c = report["config"]
-  lines = [f"{c['backbone'].upper()} ResNet-{c['depth']}, {c['frames']} x {c['image_size']}²; "
-           f"{env['device']}; load average {', '.join(f'{x:.2f}' for x in env['load_average'])} "
-           f"at start; torch {env['torch']} ({env['torch_threads']} threads), jax {env['jax']}, "
+  lines = [f"{c['backbone'].upper()} ResNet-{c['depth']}, {c['frames']} x {c['image_size']}², "
+           f"{'bf16 (JAX bf16 compute, torch autocast)' if c.get('bf16') else 'fp32'}; "
+           f"{env['device']}; torch on {env.get('torch_device', 'cpu')}; load average "
+           f"{', '.join(f'{x:.2f}' for x in env['load_average'])} at start; torch {env['torch']} "
+           f"({env['torch_threads']} threads), jax {env['jax']}, "
            f"XLA_FLAGS={env['xla_flags'] or '(none)'}.", "",
            "| what | batch | JAX median (ms) | torch median (ms) | JAX / torch, median of rounds | "
            "per-round ratios |", "|---|---:|---:|---:|---:|---|"]
@@ -137,10 +168,20 @@ def format_report(report: dict) -> str:
   if report["train"]:
     rows.append(("training step", report["train"]))
   for what, r in rows:
-    lines.append(f"| {what} | {r['batch']} | {r['jax_ms']['median']:.0f} | "
-                 f"{r['torch_ms']['median']:.0f} | **{r['ratio_median']:.2f}** | "
+    lines.append(f"| {what} | {r['batch']} | {r['jax_ms']['median']:.4g} | "
+                 f"{r['torch_ms']['median']:.4g} | **{r['ratio_median']:.2f}** | "
                  f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |")
-  diffs = [r["max_abs_logit_diff"] for r in report["inference"]]
-  lines += ["", f"Same weights on both sides: largest |logit difference| {max(diffs):.1e}."]
+  worst = max(report["inference"], key=lambda r: r["max_abs_logit_diff"])
+  lines += ["", f"Same weights on both sides: largest |logit difference| "
+            f"{worst['max_abs_logit_diff']:.1e} ({worst['max_rel_logit_diff']:.1e} of the largest "
+            f"|logit|)."]
+  t = report["train"]
+  if t:
+    mfu = lambda side: (f", MFU {100 * t[f'{side}_mfu']:.1f} %"  # noqa: E731
+                        if t.get(f"{side}_mfu") is not None else "")
+    lines.append(f"Training step: {t['tflops_per_step']:.3g} TFLOP (XLA's HLO count); JAX "
+                 f"{t['batch'] / t['jax_ms']['median'] * 1e3:.1f} clips/s, "
+                 f"{t['jax_tflops_per_s']:.3g} TFLOP/s{mfu('jax')}; torch "
+                 f"{t['batch'] / t['torch_ms']['median'] * 1e3:.1f} clips/s, "
+                 f"{t['torch_tflops_per_s']:.3g} TFLOP/s{mfu('torch')}.")
   return "\n".join(lines)
-

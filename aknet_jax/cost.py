@@ -8,6 +8,7 @@ rounds, so load from other processes falls on all alike; ratios are also taken r
 
 from __future__ import annotations
 
+import functools
 import statistics
 
 import flax
@@ -108,8 +109,8 @@ def ratios(base: dict, other: dict) -> dict:
 
 def train_step_program(config: ml_collections.ConfigDict, kind: str, batch: int,
                        variables: dict | None = None):
-  """(p_step, state, batch_arrays): the pmapped training step (one device, state donated), its
-  replicated state and a fixed batch of random clips."""
+  """(p_step, state, batch_arrays, step): the pmapped training step (one device, state donated),
+  its replicated state, a fixed batch of random clips, and the step function itself."""
   device = jax.local_devices()[:1]
   if variables is None:
     variables = random_variables(models.variable_shapes(config, kind))
@@ -122,21 +123,22 @@ def train_step_program(config: ml_collections.ConfigDict, kind: str, batch: int,
   frames = random_frames(config, batch)[None]
   labels = np.arange(batch, dtype=np.int32)[None] % config.dataset.num_classes
   batch_arrays = {"frames": np.asarray(frames), "label": labels}
-  p_step = jax.pmap(lambda s, b: steps.train_step(s, b, config=config, schedule=schedule),
-                    axis_name=steps.AXIS, devices=device, donate_argnums=(0,))
-  return p_step, state, batch_arrays
+  step = functools.partial(steps.train_step, config=config, schedule=schedule)
+  p_step = jax.pmap(step, axis_name=steps.AXIS, devices=device, donate_argnums=(0,))
+  return p_step, state, batch_arrays, step
 
 
 def train_step_runner(config: ml_collections.ConfigDict, kind: str, batch: int,
                       variables: dict | None = None):
   """(run, flops): `run()` takes one pmapped training step (one device) on a fixed batch of random
   clips, keeping the state between calls; flops are XLA's count for one step."""
-  p_step, state, batch_arrays = train_step_program(config, kind, batch, variables)
-  flops = float(p_step.lower(state, batch_arrays).cost_analysis()["flops"])
+  p_step, state, batch_arrays, step = train_step_program(config, kind, batch, variables)
+  compiled = p_step.lower(state, batch_arrays).compile()
+  flops = models.hlo_flops(step, state, batch_arrays, axis_name=steps.AXIS)
   holder = {"state": state}
 
   def run():
-    holder["state"], metrics = p_step(holder["state"], batch_arrays)
+    holder["state"], metrics = compiled(holder["state"], batch_arrays)
     return metrics
 
   return run, flops

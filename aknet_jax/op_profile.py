@@ -70,7 +70,7 @@ def _op_times(trace_dir: str, names: dict) -> collections.Counter:
 def profile_train_ops(config: ml_collections.ConfigDict, kind: str, batch: int, *,
                       top: int = 20) -> dict:
   """{'total_ms', 'by_kind': [(kind, ms)], 'top': [(op, kind, shape, ms)]} of one training step."""
-  p_step, state, batch_arrays = cost.train_step_program(config, kind, batch)
+  p_step, state, batch_arrays, _ = cost.train_step_program(config, kind, batch)
   names = op_kinds(p_step.lower(state, batch_arrays).compile().as_text())
   for _ in range(2):  # Compile, then one untimed step.
     state, _ = p_step(state, batch_arrays)

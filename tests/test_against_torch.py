@@ -44,3 +44,16 @@ def test_tdn_same_weights_same_logits():
 def test_only_torchvision_shaped_tsn_and_tsm():
   with pytest.raises(ValueError, match="model.width=8"):
     against_torch.compare(load_config("synthetic", "tiny"), [1], train_batch=0, reps=1)
+
+
+def test_bf16_runs_torch_under_autocast_and_agrees_to_bf16_precision():
+  """With half_precision, JAX computes in bf16 and torch under bf16 autocast: the logits agree to
+  bf16's precision (not fp32's), and the training step reports both sides' TFLOP/s."""
+  cfg = load_config("synthetic", "tiny,width=64,segments=2,backbone=tsm,bf16=true")
+  report = against_torch.compare(cfg, [1], train_batch=2, reps=1, warmup=1)
+  assert report["config"]["bf16"]
+  rel = report["inference"][0]["max_rel_logit_diff"]
+  assert 1e-6 < rel < 5e-2  # bf16 keeps 8 bits of mantissa: far from fp32's 1e-7, not garbage.
+  t = report["train"]
+  assert t["tflops_per_step"] > 0 and t["jax_tflops_per_s"] > 0 and t["torch_tflops_per_s"] > 0
+  assert "bf16 (JAX bf16 compute, torch autocast)" in against_torch.format_report(report)

@@ -118,11 +118,26 @@ def gmacs(config: ml_collections.ConfigDict, kind: str, *, shapes: dict | None =
   model = build(config, kind)
   frames = jax.ShapeDtypeStruct(input_shape(config), jnp.float32)
   shapes = variable_shapes(config, kind) if shapes is None else shapes
-  lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, frames)
+  return hlo_flops(lambda v, x: model.apply(v, x, train=False), shapes, frames) / 2 / 1e9
+
+
+def hlo_flops(fn, *args, axis_name: str | None = None) -> float:
+  """XLA's flop count of `fn(*args)` from its HLO before fusion, analysed on the host CPU backend
+  that every JAX install has, so the count is the same on every machine (XLA:GPU analyses only
+  compiled programs, and there leaves cuDNN's convolutions out). `args`: arrays or
+  ShapeDtypeStructs; with `axis_name`, `fn` runs under a one-device pmap (leading axis of 1)."""
+  cpu = jax.devices("cpu")[:1]
+  if axis_name is None:
+    sharding = jax.sharding.SingleDeviceSharding(cpu[0])
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
+    lowered = jax.jit(fn).lower(*specs)
+  else:
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+    lowered = jax.pmap(fn, axis_name=axis_name, devices=cpu).lower(*specs)
   cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
-  return float(cost["flops"]) / 2 / 1e9
+  return float(cost["flops"])
 
 
 def param_count(config: ml_collections.ConfigDict, kind: str, *, inference: bool = False,

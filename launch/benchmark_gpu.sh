@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU tables of docs/benchmarks.md, in one run on a single-GPU host.
+#
+# Usage: launch/benchmark_gpu.sh OUT_DIR
+#   Writes OUT_DIR/report.md (every table, each step's log tail) and one JSON per step.
+#   Steps, most important first, each under its own time limit ($STEP_SECONDS, default 150) so a
+#   slow one still leaves the others' results:
+#     1. TSM vs torch TSM, bf16 (JAX bf16 compute, torch autocast): inference 1 and 32, train 16.
+#     2. the same in fp32.
+#     3. TSM vs AK-Net-TSM (none and full transform, squared stride), bf16: latency at batch 1 and
+#        32, training step at batch 16 with its TFLOP/s and MFU.
+#     4. TDN vs the torch TDN reference, bf16.
+#   $PYTHON picks the interpreter (default: python). JAX and torch share the GPU: JAX takes at
+#   most $XLA_PYTHON_CLIENT_MEM_FRACTION of it (default here 0.45), torch the rest.
+set -uo pipefail
+
+out=${1:?usage: launch/benchmark_gpu.sh OUT_DIR}
+py=${PYTHON:-python}
+limit=${STEP_SECONDS:-150}
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+report="$out/report.md"
+{
+  echo "# GPU benchmarks ($(date -u +%Y-%m-%dT%H:%MZ))"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  "$py" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch',
+torch.__version__, 'cuDNN', torch.backends.cudnn.version())" 2>&1 | tail -1
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$report"
+
+step() {  # step NAME PROFILE_FLAGS...
+  local name=$1 start=$SECONDS rc
+  shift
+  echo -e "\n## $name\n\n\`python -m aknet_jax.profile $*\`\n" >>"$report"
+  timeout "$limit" "$py" -m aknet_jax.profile "$@" --json="$out/$name.json" \
+    >"$out/$name.stdout" 2>"$out/$name.stderr"
+  rc=$?
+  cat "$out/$name.stdout" >>"$report"
+  echo -e "\n(exit $rc, $((SECONDS - start)) s wall)" >>"$report"
+  if [[ $rc -ne 0 ]]; then
+    grep -v '^[IW][0-9]' "$out/$name.stderr" | tail -15 | sed 's/^/    /' >>"$report"
+  fi
+  rm -f "$out/$name.stdout" "$out/$name.stderr"
+}
+
+step tsm_torch_bf16 --config=configs/ssv2.py:backbone=tsm,bf16=true --against=torch \
+  --batch=1,32 --train_batch=16 --reps=10
+step tsm_torch_fp32 --config=configs/ssv2.py:backbone=tsm --against=torch \
+  --batch=1,32 --train_batch=16 --reps=10
+step aknet_bf16 --config=configs/ssv2.py:backbone=tsm,bf16=true --batch=1,32 --train_batch=16 \
+  --transform_modes=none,full --point_strides=squared --reps=10 --train_reps=10
+step tdn_torch_bf16 --config=configs/ssv2.py:backbone=tdn,bf16=true --against=torch \
+  --batch=1,32 --train_batch=16 --reps=10
+echo "done" >>"$report"
