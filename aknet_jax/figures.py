@@ -107,27 +107,32 @@ def tradeoff_figure(rows: list[dict], out_path: str, title: str = "") -> str:
   """Accuracy vs MACs, accuracy vs latency (points with an accuracy), and latency vs MACs (all).
 
   rows: sweep rows with model ('baseline' or 'aknet'), split, alpha, transform_mode, gmacs,
-  latency_ms, top1 (None where not trained). Lines join the alphas of one (split, mode).
+  latency_ms, top1 (None where not trained), and point_stride where swept. Lines join the alphas
+  of one (split, mode, stride); with two strides, `squared` is dashed with hollow markers.
   """
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
   base = [r for r in rows if r["model"] == "baseline"]
   points = [r for r in rows if r["model"] == "aknet"]
   groups = {}
   for r in points:
-    groups.setdefault((r["split"], r["transform_mode"]), []).append(r)
-  for (split, mode), group in sorted(groups.items()):
+    groups.setdefault((r["split"], r["transform_mode"], r.get("point_stride") or ""),
+                      []).append(r)
+  several_strides = len({stride for _, _, stride in groups}) > 1
+  for (split, mode, stride), group in sorted(groups.items()):
     group = sorted(group, key=lambda r: r["alpha"])
     style = dict(color=_SPLIT_COLOURS.get(split, "k"), marker=_MODE_MARKERS.get(mode, "x"))
+    label = f"{split}, {mode}" + (f", {stride}" if several_strides else "")
+    if several_strides and stride == "squared":
+      style.update(linestyle="--", markerfacecolor="none")
     trained = [r for r in group if r.get("top1") is not None]
     for ax, key in ((axes[0], "gmacs"), (axes[1], "latency_ms")):
       if trained:
-        ax.plot([r[key] for r in trained], [100 * r["top1"] for r in trained],
-                label=f"{split}, {mode}", **style)
+        ax.plot([r[key] for r in trained], [100 * r["top1"] for r in trained], label=label,
+                **style)
         for r in trained:
           ax.annotate(f"{r['alpha']:g}", (r[key], 100 * r["top1"]), fontsize=7,
                       textcoords="offset points", xytext=(3, 3))
-    axes[2].plot([r["gmacs"] for r in group], [r["latency_ms"] for r in group],
-                 label=f"{split}, {mode}", linestyle="--" if mode == "none" else "-",
+    axes[2].plot([r["gmacs"] for r in group], [r["latency_ms"] for r in group], label=label,
                  alpha=0.8, **style)
   for r in base:
     if r.get("top1") is not None:

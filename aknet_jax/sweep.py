@@ -1,8 +1,10 @@
 """The accuracy-cost trade-off over AK-Net's split x alpha x transform mode (Fig. 5, Table VI).
 
   python -m aknet_jax.sweep --config=configs/synthetic.py --workdir=DIR [--accuracy=config]
+      [--point_strides=same,squared]
 
-Every point (split in res2/res3/res4, alpha in 0.1..1.0, each transform mode) gets its MACs (XLA
+Every point (split in res2/res3/res4, alpha in 0.1..1.0, each transform mode, each point stride:
+default the config's) gets its MACs (XLA
 cost analysis), parameters and latency (random weights; all points and the baseline timed in
 interleaved rounds, so machine load falls on all alike). With --accuracy, points also get a short
 stage-2 fine-tune from the workdir's stage-1 checkpoint (trained first if there is none), evaluated
@@ -25,21 +27,25 @@ from aknet_jax.experiments import finetune, finished_result, measure_costs, stag
 from aknet_jax.models import keypoints
 
 ALPHAS = (0.1, 0.3, 0.5, 0.7, 1.0)
-COLUMNS = ("model", "name", "split", "alpha", "transform_mode", "num_points", "gmacs", "params",
+COLUMNS = ("model", "name", "split", "alpha", "transform_mode", "point_stride", "num_points",
+           "gmacs", "params",
            "params_inference", "latency_ms", "latency_ms_min", "latency_ms_max", "latency_batch",
            "top1", "top5", "keypoint_precision", "keypoint_chance", "finetune_steps",
            "finetune_seconds")
 
 
-def point_name(split: str, alpha: float, mode: str) -> str:
-  return f"{split}_a{alpha:g}_{mode}"
+def point_name(split: str, alpha: float, mode: str, stride: str | None = None) -> str:
+  """'res4_a0.3_none'; with a stride (a sweep over several): 'res4_a0.3_none_squared'."""
+  return f"{split}_a{alpha:g}_{mode}" + (f"_{stride}" if stride else "")
 
 
 def point_config(config: ml_collections.ConfigDict, split: str, alpha: float,
-                 mode: str) -> ml_collections.ConfigDict:
-  """The AK-Net config of one sweep point."""
+                 mode: str, stride: str | None = None) -> ml_collections.ConfigDict:
+  """The AK-Net config of one sweep point (stride None: the config's point stride)."""
   cfg = config.copy_and_resolve_references()
   cfg.model.aknet.split, cfg.model.aknet.alpha, cfg.model.aknet.transform_mode = split, alpha, mode
+  if stride is not None:
+    cfg.model.aknet.point_stride = stride
   return config_lib.validate(cfg)
 
 
@@ -51,8 +57,12 @@ def num_points(cfg: ml_collections.ConfigDict) -> int:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str = "config",
               steps: int = 100, batch: int = 8, reps: int = 3, splits=config_lib.SPLITS,
               alphas=ALPHAS, modes=config_lib.TRANSFORM_MODES, budget_minutes: float = 0.0,
-              plot: str | None = None) -> list[dict]:
-  """Measures every point, fine-tunes the asked ones, writes the CSV and the plot; returns rows."""
+              plot: str | None = None, strides=None) -> list[dict]:
+  """Measures every point, fine-tunes the asked ones, writes the CSV and the plot; returns rows.
+
+  `strides`: point strides to sweep (default: the config's); with several, point names carry
+  the stride.
+  """
   if accuracy not in ("none", "config", "all"):
     raise ValueError(f"--accuracy: {accuracy!r} is not one of ('none', 'config', 'all')")
   config_lib.validate(config)
@@ -60,11 +70,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str 
   os.makedirs(out_dir, exist_ok=True)
   base_name = cost.model_name(config, "video_net")
   configs = {base_name: (config, "video_net")}
-  for split in splits:
-    for alpha in alphas:
-      for mode in modes:
-        configs[point_name(split, alpha, mode)] = (point_config(config, split, alpha, mode),
-                                                   "aknet")
+  strides = list(strides or [config.model.aknet.point_stride])
+  for stride in strides:
+    if stride not in config_lib.POINT_STRIDES:
+      raise ValueError(f"--point_strides: {stride!r} is not one of {config_lib.POINT_STRIDES}")
+  for stride in strides:
+    for split in splits:
+      for alpha in alphas:
+        for mode in modes:
+          name = point_name(split, alpha, mode, stride if len(strides) > 1 else None)
+          configs[name] = (point_config(config, split, alpha, mode, stride), "aknet")
 
   t0 = time.time()
   costs = measure_costs(configs, batch, reps)
@@ -77,6 +92,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, accuracy: str 
     rows.append({"model": "baseline" if is_base else "aknet", "name": name,
                  "split": "" if is_base else a.split, "alpha": "" if is_base else a.alpha,
                  "transform_mode": "" if is_base else a.transform_mode,
+                 "point_stride": "" if is_base else a.point_stride,
                  "num_points": "" if is_base else num_points(cfg),
                  "gmacs": c["gmacs"], "params": c["params"],
                  "params_inference": c["params_inference"],
@@ -128,7 +144,7 @@ def accuracy_order(rows: list[dict], config_alpha: float) -> list[dict]:
   first = {min(alphas), config_alpha, max(alphas)} if alphas else set()
   splits = list(config_lib.SPLITS)
   return sorted(rows, key=lambda r: (r["alpha"] not in first, splits.index(r["split"]),
-                                     r["alpha"], r["transform_mode"]))
+                                     r["alpha"], r["transform_mode"], r.get("point_stride", "")))
 
 
 FLAGS = flags.FLAGS
@@ -149,6 +165,8 @@ def define_flags():
   flags.DEFINE_list("splits", list(config_lib.SPLITS), "Splits to sweep.")
   flags.DEFINE_list("alphas", [str(a) for a in ALPHAS], "Keypoint ratios to sweep.")
   flags.DEFINE_list("modes", list(config_lib.TRANSFORM_MODES), "Transform modes to sweep.")
+  flags.DEFINE_list("point_strides", [], "Point strides (same, squared) to sweep, each with every "
+                    "split, alpha and mode (default: the config's).")
   flags.DEFINE_float("budget_minutes", 0.0, "Start no fine-tune that would end the sweep after "
                      "this many minutes (estimated from the points so far; 0 = no limit).")
   flags.DEFINE_string("plot", None, "Where to write the PNG (default WORKDIR/sweep/sweep.png).")
@@ -163,13 +181,15 @@ def main(argv):
   except ValueError:
     cli.fail(f"--alphas: {','.join(FLAGS.alphas)!r} must be numbers in (0, 1], e.g. 0.1,0.3")
   for name, values, allowed in (("splits", FLAGS.splits, config_lib.SPLITS),
-                                ("modes", FLAGS.modes, config_lib.TRANSFORM_MODES)):
+                                ("modes", FLAGS.modes, config_lib.TRANSFORM_MODES),
+                                ("point_strides", FLAGS.point_strides, config_lib.POINT_STRIDES)):
     bad = [v for v in values if v not in allowed]
     if bad:
       cli.fail(f"--{name}: {bad} not in {allowed}")
   cli.call(run_sweep, FLAGS.config, FLAGS.workdir, accuracy=FLAGS.accuracy, steps=FLAGS.steps,
            batch=FLAGS.batch, reps=FLAGS.reps, splits=FLAGS.splits, alphas=alphas,
-           modes=FLAGS.modes, budget_minutes=FLAGS.budget_minutes, plot=FLAGS.plot)
+           modes=FLAGS.modes, budget_minutes=FLAGS.budget_minutes, plot=FLAGS.plot,
+           strides=FLAGS.point_strides or None)
 
 
 if __name__ == "__main__":

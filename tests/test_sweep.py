@@ -44,6 +44,23 @@ def test_costs_of_every_point_in_the_csv_and_plot(tmp_path):
   assert Image.open(tmp_path / "sweep" / "sweep.png").size[0] > 500
 
 
+def test_both_point_strides_in_one_sweep(tmp_path):
+  """`--point_strides=same,squared`: every point once per stride (names carry it), and the
+  squared stride, which cuts the points by 4 at each strided block of Q, costs fewer MACs."""
+  cfg = load_config("synthetic", "tiny,transform=none")
+  sweep.run_sweep(cfg, str(tmp_path), accuracy="none", batch=1, reps=1, splits=("res3",),
+                  alphas=(1.0,), modes=("none",), strides=["same", "squared"])
+  rows = {r["name"]: r for r in _rows(tmp_path)}
+  same, squared = rows["res3_a1_none_same"], rows["res3_a1_none_squared"]
+  assert (same["point_stride"], squared["point_stride"]) == ("same", "squared")
+  assert float(squared["gmacs"]) < float(same["gmacs"])
+  assert float(squared["gmacs"]) == pytest.approx(
+      models.gmacs(sweep.point_config(cfg, "res3", 1.0, "none", "squared"), "aknet"))
+  assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+  with pytest.raises(ValueError, match="--point_strides"):
+    sweep.run_sweep(cfg, str(tmp_path), accuracy="none", strides=["halved"])
+
+
 def test_accuracy_from_a_fine_tune_of_the_shared_stage1_checkpoint(tiny_data_dir, tmp_path,
                                                                   monkeypatch):
   cfg = load_config("synthetic", f"tiny,transform=none,data_dir={tiny_data_dir}")
