@@ -125,16 +125,22 @@ def hlo_flops(fn, *args, axis_name: str | None = None) -> float:
   """XLA's flop count of `fn(*args)` from its HLO before fusion, analysed on the host CPU backend
   that every JAX install has, so the count is the same on every machine (XLA:GPU analyses only
   compiled programs, and there leaves cuDNN's convolutions out). `args`: arrays or
-  ShapeDtypeStructs; with `axis_name`, `fn` runs under a one-device pmap (leading axis of 1)."""
-  cpu = jax.devices("cpu")[:1]
+  ShapeDtypeStructs; with `axis_name`, `fn` runs under a one-device pmap (leading axis of 1).
+  Where the CPU backend is switched off (JAX_PLATFORMS without cpu), the default backend counts."""
+  try:
+    devices = jax.devices("cpu")[:1]
+  except RuntimeError:
+    devices = jax.local_devices()[:1]
   if axis_name is None:
-    sharding = jax.sharding.SingleDeviceSharding(cpu[0])
+    sharding = jax.sharding.SingleDeviceSharding(devices[0])
     specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
     lowered = jax.jit(fn).lower(*specs)
   else:
     specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-    lowered = jax.pmap(fn, axis_name=axis_name, devices=cpu).lower(*specs)
+    lowered = jax.pmap(fn, axis_name=axis_name, devices=devices).lower(*specs)
   cost = lowered.cost_analysis()
+  if cost is None:  # Backends that analyse only compiled programs.
+    cost = lowered.compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost["flops"])
