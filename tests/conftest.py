@@ -8,6 +8,34 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The commands' own default cache (~/.cache) stays off: runs share the one below instead.
 os.environ.setdefault("AKNET_COMPILATION_CACHE", "")
+# Most of the suite's time is XLA:CPU compiling tiny nets, which takes about half as long with
+# LLVM optimisation level 1 as at the default (they run a little slower, which they can afford).
+# XLA's fast-math stays off, so LLVM may not reorder floating-point arithmetic at either level;
+# every tolerance is the same. Set here, before JAX starts a backend, so the workers and every
+# command they start (environment inherited) get it; a level already in $XLA_FLAGS wins.
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=1"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `slow` (each a minute or more on 2 cores) run first, in file order, the rest
+  after them: under `-n 2` the long ones start early, and the run ends on short tests instead of
+  one worker running the last long test alone. Nothing is deselected."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # Stable: file order kept.
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """`-n N` (xdist's default `--dist load`) schedules by work stealing: each worker starts on its
+  share of the ordered tests and an idle one takes half of what another has not started, so the
+  slow tests at the front cannot leave one worker with most of the time. Other --dist modes:
+  xdist's own."""
+  if config.getvalue("dist") != "load":
+    return None
+  from xdist.scheduler import WorkStealingScheduling  # pylint: disable=g-import-not-at-top
+  return WorkStealingScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,3 +70,13 @@ def tiny_data_dir(tmp_path_factory):
   cfg = load_config("synthetic", f"tiny,data_dir={data_dir}")
   pipeline.num_examples(cfg, cfg.dataset.train_split)  # Builds it.
   return data_dir
+
+
+@pytest.fixture
+def one_block_per_stage(monkeypatch):
+  """ResNet-50 with one bottleneck block per stage (resnet.STAGE_SIZES, restored after the test):
+  every block kind, stride and temporal module of the net at a fraction of its tracing and
+  compilation time, for tests whose behaviour does not depend on how often a stage repeats its
+  block. Stage sizes are read when a model is built, so build the models inside the test."""
+  from aknet_jax.models import resnet
+  monkeypatch.setitem(resnet.STAGE_SIZES, 50, (1, 1, 1, 1))

@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 from PIL import Image
+import pytest
 
 from aknet_jax import ablate, experiments
 from aknet_jax.train import stages
 from conftest import ROOT, load_config
 
 
+@pytest.mark.slow
 def test_rows_by_seeds_table_resume_and_bad_row(tiny_data_dir, tmp_path, monkeypatch):
   cfg = load_config("synthetic", f"tiny,data_dir={tiny_data_dir}")
   trained = []

@@ -172,7 +172,7 @@ def test_pmap_with_cross_replica_batch_norm(setup, tmp_path):
   path = tmp_path / "variables.pkl"
   with open(path, "wb") as f:
     pickle.dump(jax.device_get((variables, frames)), f)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
   script = _PMAP_SCRIPT.format(root=root, tests=os.path.join(root, "tests"), variables=str(path))
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=600)

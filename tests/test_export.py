@@ -51,6 +51,7 @@ def _in_process(cfg, workdir, frames):
   return fn(variables, jnp.asarray(frames))
 
 
+@pytest.mark.slow
 def test_export_cli_reloads_in_a_fresh_process_at_two_batch_sizes(tmp_path):
   workdir = _workdir(tmp_path / "run", 2)
   out = tmp_path / "exported"

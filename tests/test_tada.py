@@ -78,6 +78,7 @@ def test_tada2d_parity_with_converted_torch_reference(size):
     assert err < 1e-4, (name, err)
 
 
+@pytest.mark.slow
 def test_compacted_tada2d_net_drops_calibration_and_aggregation_in_q():
   config1, config2 = tiny_config("tada2d", 50, "1"), tiny_config("tada2d", 50, "2")
   # A fresh stage-1 net (random_stage1's N(0, 0.2) kernels blow up through the calibration's

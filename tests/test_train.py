@@ -47,10 +47,11 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(stage):
     assert {"ce", "aux_ce", "r_e"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_pmap_over_two_devices_equals_one_device_with_the_same_global_batch():
   script = textwrap.dedent(f"""
       import os, sys
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      os.environ["JAX_NUM_CPU_DEVICES"] = "2"
       sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
       import functools, flax, jax, numpy as np
       from aknet_jax import models

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from aknet_jax import checkpoints
-from conftest import ROOT
+from conftest import FAST_COMPILE_FLAG, ROOT
 
 NUM_STEPS = 8
 CONFIG = f"configs/synthetic.py:tiny,stage=1,steps={NUM_STEPS}"
@@ -57,7 +57,8 @@ def environment(cache_dir: str) -> dict:
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)  # One CPU device, like the reference run.
+  # One CPU device, like the reference run: no device-count flag; only the suite's compile speed.
+  env["XLA_FLAGS"] = FAST_COMPILE_FLAG
   return env
 
 
