@@ -14,7 +14,11 @@
 #   most $XLA_PYTHON_CLIENT_MEM_FRACTION of it (default here 0.45), torch the rest.
 set -uo pipefail
 
-out=${1:?usage: launch/benchmark_gpu.sh OUT_DIR}
+if [[ $# -ne 1 || -z "$1" ]]; then
+  echo "error: give one argument, the output directory: launch/benchmark_gpu.sh OUT_DIR" >&2
+  exit 2
+fi
+out=$1
 py=${PYTHON:-python}
 limit=${STEP_SECONDS:-150}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}

@@ -18,7 +18,7 @@ import pytest
 from aknet_jax import checkpoints, distributed
 from conftest import ROOT
 
-SCRIPTS = ("launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sbatch")
+SCRIPTS = ("launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sbatch", "launch/benchmark_gpu.sh")
 
 
 def _run(cmd, env=None, timeout=60):
@@ -55,6 +55,7 @@ def test_launch_scripts_pass_bash_n_and_shellcheck():
     ("launch/slurm.sbatch", [], "arguments of aknet_jax.main are missing"),
     ("launch/slurm.sbatch", ["--config=c"], "need --workdir=DIR"),
     ("launch/slurm.sbatch", ["--workdir=/w"], "submit this script with sbatch"),
+    ("launch/benchmark_gpu.sh", [], "give one argument, the output directory"),
 ])
 def test_launch_scripts_name_the_missing_argument(script, args, message):
   env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
