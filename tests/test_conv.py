@@ -31,3 +31,18 @@ def test_equals_flax_conv_with_gradients(kernel, strides, padding, shape):
   np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_compute_matches_flax_conv_gradients():
+  """In bf16 compute (fp32 params) the written-out backward gives nn.Conv's gradients."""
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8))
+  ours, ref = (m(16, (1, 1), dtype=jnp.bfloat16) for m in (Conv, nn.Conv))
+  v = ref.init(jax.random.key(0), x)
+  w = jax.random.normal(jax.random.key(3), (2, 6, 6, 16))
+  grad = lambda m: jax.grad(lambda v, x: jnp.sum(m.apply(v, x).astype(jnp.float32) * w),
+                            argnums=(0, 1))(v, x)
+  (gv, gx), (rv, rx) = grad(ours), grad(ref)
+  assert gx.dtype == rx.dtype and jax.tree.leaves(gv)[0].dtype == jnp.float32
+  np.testing.assert_allclose(gx, rx, rtol=2e-2, atol=2e-2)
+  for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
+    np.testing.assert_allclose(a, b, rtol=2e-2, atol=5e-2)
