@@ -4,6 +4,8 @@
 config file, an unknown field, a field `config.validate` rejects, a stray argument) that way, and
 `cli.call(work, ...)` reports user errors and faults (ValueError, OSError, FloatingPointError,
 TensorFlow's data errors) and preemption. `--verbosity=1` also logs the traceback.
+`parse_flags` runs before any command's work, so it also sets the host allocator
+(`host_memory.keep_freed_memory`), which must precede JAX's first computation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Callable, NoReturn, TypeVar
 from absl import flags, logging
 
 from aknet_jax import config as config_lib
+from aknet_jax import host_memory
 from aknet_jax import preemption
 
 USER_ERROR = 2  # Exit status for bad input and for faults reported in one line.
@@ -68,6 +71,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   Our command lines take flags only: a positional argument is an error too.
   """
+  host_memory.keep_freed_memory()
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  (config files raise anything)

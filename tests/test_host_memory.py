@@ -1,0 +1,52 @@
+"""host_memory: with glibc malloc set to keep freed memory, repeated XLA:CPU calls stop faulting
+their buffers in afresh (the training step's ~20 % on this machine, docs/benchmarks.md)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Page faults of 5 training-like steps (state donated, as the training step does; 16 MB
+# temporaries), after 10 warm-up steps, each step waited for.
+_SCRIPT = """
+import resource
+from aknet_jax import host_memory
+print(host_memory.keep_freed_memory())
+import jax, jax.numpy as jnp
+x = jnp.ones((2048, 2048))
+w = jnp.ones((2048, 2048)) * 1e-3
+loss = lambda w: jnp.sum(jnp.tanh(jnp.tanh(x @ w) @ w))
+step = jax.jit(lambda w: w - 1e-3 * jax.grad(loss)(w), donate_argnums=0)
+for _ in range(10):
+  w = jax.block_until_ready(step(w))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  w = jax.block_until_ready(step(w))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _run(keep: str) -> tuple[str, int]:
+  env = dict(os.environ, AKNET_KEEP_HOST_MEMORY=keep)
+  out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+                       check=True).stdout.split()
+  return out[0], int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux's")
+def test_kept_memory_stops_page_faults_and_can_be_turned_off():
+  kept, kept_faults = _run("1")
+  default, default_faults = _run("0")
+  assert (kept, default) == ("True", "False")
+  pages = 5 * 2048 * 2048 * 4 // 4096  # One 16 MB temporary per step, 4 KiB pages.
+  assert default_faults > pages  # glibc's default maps the temporaries afresh each step...
+  assert kept_faults < default_faults // 4  # ...kept memory is reused (0 in most runs).
+
+
+def test_cli_sets_it_before_any_work():
+  """Every command parses its flags with cli.parse_flags first, and that sets the allocator."""
+  from aknet_jax import cli, host_memory  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  assert "host_memory.keep_freed_memory()" in inspect.getsource(cli.parse_flags)
+  assert host_memory.ENV == "AKNET_KEEP_HOST_MEMORY"
