@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from aknet_jax import cost
+from aknet_jax import host_memory
 from aknet_jax.checkpoints import torch_layout
 from aknet_jax.timing import device_name, latency_stats, peak_tflops, time_interleaved
 
@@ -149,7 +150,7 @@ def environment(torch, device: str = "cpu") -> dict:
           "jax": jax.__version__, "python": platform.python_version(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "torch_mkldnn": bool(torch.backends.mkldnn.is_available()),
-          "jax_devices": len(jax.devices())}
+          "jax_devices": len(jax.devices()), "host_malloc": host_memory.describe()}
 
 
 def format_report(report: dict) -> str:
@@ -161,7 +162,8 @@ def format_report(report: dict) -> str:
            f"{env['device']}; torch on {env.get('torch_device', 'cpu')}; load average "
            f"{', '.join(f'{x:.2f}' for x in env['load_average'])} at start; torch {env['torch']} "
            f"({env['torch_threads']} threads), jax {env['jax']}, "
-           f"XLA_FLAGS={env['xla_flags'] or '(none)'}.", "",
+           f"XLA_FLAGS={env['xla_flags'] or '(none)'}; both sides (one process) with "
+           f"{env.get('host_malloc', 'the allocator defaults')}.", "",
            "| what | batch | JAX median (ms) | torch median (ms) | JAX / torch, median of rounds | "
            "per-round ratios |", "|---|---:|---:|---:|---:|---|"]
   rows = [("inference", r) for r in report["inference"]]

@@ -16,6 +16,7 @@ import sys
 # mallopt(3) parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 ENV = "AKNET_KEEP_HOST_MEMORY"  # '0' leaves glibc's defaults.
+_kept = False
 
 
 def keep_freed_memory() -> bool:
@@ -30,6 +31,14 @@ def keep_freed_memory() -> bool:
     mallopt = ctypes.CDLL(None).mallopt
   except (OSError, AttributeError):  # Not glibc (e.g. musl): nothing to set.
     return False
+  global _kept
   # One arena (the brk heap), no block served by mmap, and never trim the heap's top.
-  return all(mallopt(p, v) == 1 for p, v in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  _kept = all(mallopt(p, v) == 1 for p, v in
+              ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  return _kept
+
+
+def describe() -> str:
+  """The process's host allocator setting, for benchmark reports."""
+  return ("glibc malloc keeping freed memory" if _kept
+          else f"the allocator's defaults ({ENV}=0 or not glibc)")

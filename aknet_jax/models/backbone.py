@@ -16,6 +16,7 @@ from aknet_jax.models import conv as conv_lib
 from aknet_jax.models import resnet
 from aknet_jax.models import tdn
 from aknet_jax.models.batch_norm import norm_layer
+from aknet_jax.models.max_pool import max_pool_3x3_s2
 
 BACKBONES = ("tsn", "tsm", "tdn", "tea", "tada2d")
 
@@ -82,7 +83,7 @@ class VideoBackbone(nn.Module):
       diff = conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
                   name="conv1_5")(diff)
       diff = nn.relu(norm(name="bn1_5")(diff))
-      diff = nn.max_pool(diff, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      diff = max_pool_3x3_s2(diff)
       x = resnet.stem(clips[:, tdn.NUM_FRAMES // 2], self.width, conv, stem_norm)
       x = tdn.fuse(x, diff, t)
       x = stage(x, 0)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from aknet_jax.models import tada
 from aknet_jax.models import tdn
 from aknet_jax.models import tea
+from aknet_jax.models.max_pool import max_pool_3x3_s2
 from aknet_jax.models.temporal_shift import temporal_shift
 
 ModuleDef = Any
@@ -162,7 +163,7 @@ def stem(x, width, conv, norm, max_pool: bool = True):
   x = nn.relu(norm(name="bn1")(x))
   if not max_pool:
     return x
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return max_pool_3x3_s2(x)
 
 
 def stage(x, index, *, depth: int, width: int, num_segments: int, shift_div: int, conv, norm,

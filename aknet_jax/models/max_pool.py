@@ -1,0 +1,59 @@
+"""ResNet's stem max-pool (3x3, stride 2, padding 1) with its backward written out.
+
+Autodiff of `nn.max_pool` is XLA's select-and-scatter, which XLA:CPU runs through materialised
+index and broadcast arrays of the padded input's size (~100 ms of a TSM-R50 batch-2 step,
+docs/benchmarks.md). Here the forward keeps which tap of each window held its first maximum in
+row-major order (as select-and-scatter and PyTorch's `max_pool2d` choose among ties), and the
+backward scatters with nine strided pads that XLA fuses into one pass.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_TAPS = tuple((i, j) for i in range(3) for j in range(3))  # Row-major window order.
+
+
+def _pool(x):
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
+  """(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C): max over 3x3 windows, stride 2, -inf pad 1."""
+  return _pool(x)
+
+
+def _taps(xp, ho, wo):
+  return [xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2] for i, j in _TAPS]
+
+
+def _fwd(x):
+  # The max and the index of its tap from one pass: the backward must not re-find the maximum by
+  # comparing with y, since XLA may recompute x there with different rounding (FMA contraction).
+  n, h, w, c = x.shape
+  ho, wo = (h + 1) // 2, (w + 1) // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  taps = _taps(xp, ho, wo)
+  y, first = taps[0], jnp.zeros((n, ho, wo, c), jnp.int8)
+  for k in range(1, len(_TAPS)):
+    later = (taps[k] > y) | (jnp.isnan(taps[k]) & ~jnp.isnan(y))  # Ties keep the first (torch).
+    y, first = jnp.where(later, taps[k], y), jnp.where(later, jnp.int8(k), first)
+  return y, (first, x.shape)
+
+
+def _bwd(residuals, g):
+  first, (n, h, w, c) = residuals
+  ho, wo = first.shape[1:3]
+  hp, wp = h + 2, w + 2
+  zero = jnp.zeros((), g.dtype)
+  dxp = sum(jax.lax.pad(jnp.where(first == k, g, zero), zero,
+                        ((0, 0, 0), (i, hp - i - (2 * ho - 1), 1), (j, wp - j - (2 * wo - 1), 1),
+                         (0, 0, 0)))
+            for k, (i, j) in enumerate(_TAPS))
+  return (dxp[:, 1:-1, 1:-1],)
+
+
+max_pool_3x3_s2.defvjp(_fwd, _bwd)
