@@ -124,8 +124,16 @@ def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batc
       sync()
       return loss
 
-    times = time_interleaved({"jax": run_jax, "torch": torch_step}, reps, warmup)
+    calls = {"jax": run_jax, "torch": torch_step}
+    if str(cfg.stage) == "2":  # Stage 2 also times AK-Net's step (random weights) in the rounds.
+      calls["aknet"] = cost.train_step_runner(cfg, "aknet", train_batch)[0]
+    times = time_interleaved(calls, reps, warmup)
     train = dict(_ratios(times), batch=train_batch, tflops_per_step=flops / 1e12)
+    if "aknet" in times:
+      per_round = [a / t for a, t in zip(times["aknet"], times["torch"])]
+      train["aknet"] = {"name": cost.model_name(cfg, "aknet"),
+                        "ms": latency_stats(times["aknet"]), "ratios": per_round,
+                        "ratio_median": statistics.median(per_round)}
     peak = peak_tflops() if bf16 else None
     for side in ("jax", "torch"):  # Both run the same arithmetic: XLA's count serves for both.
       achieved = flops / (train[f"{side}_ms"]["median"] / 1e3) / 1e12
@@ -186,4 +194,9 @@ def format_report(report: dict) -> str:
                  f"{t['jax_tflops_per_s']:.3g} TFLOP/s{mfu('jax')}; torch "
                  f"{t['batch'] / t['torch_ms']['median'] * 1e3:.1f} clips/s, "
                  f"{t['torch_tflops_per_s']:.3g} TFLOP/s{mfu('torch')}.")
+    ak = t.get("aknet")
+    if ak:
+      lines.append(f"{ak['name']} (JAX) training step / the torch baseline's, same rounds: "
+                   f"**{ak['ratio_median']:.2f}** ({ak['ms']['median']:.4g} ms; per round "
+                   f"{', '.join(f'{x:.2f}' for x in ak['ratios'])}).")
   return "\n".join(lines)

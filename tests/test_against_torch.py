@@ -21,8 +21,20 @@ def test_same_weights_same_logits_and_per_round_ratios():
   assert max(r["max_abs_logit_diff"] for r in report["inference"]) < 1e-4
   env = report["environment"]
   assert env["torch_threads"] >= 1 and len(env["load_average"]) == 3
+  assert env["host_malloc"]  # Both sides share the process's allocator: the report says which.
   text = against_torch.format_report(report)
   assert "| training step | 2 |" in text and "load average" in text
+  assert f"both sides (one process) with {env['host_malloc']}" in text
+
+
+def test_stage_2_also_times_aknets_step_against_the_torch_baseline():
+  cfg = load_config("synthetic", "tiny,width=64,segments=2,backbone=tsm,stage=2")
+  report = against_torch.compare(cfg, [1], train_batch=2, reps=2, warmup=1)
+  ak = report["train"]["aknet"]
+  assert ak["name"].startswith("AK-Net-TSM") and len(ak["ratios"]) == 2
+  assert min(ak["ratios"]) <= ak["ratio_median"] <= max(ak["ratios"])
+  assert f"{ak['name']} (JAX) training step / the torch baseline's" in (
+      against_torch.format_report(report))
 
 
 def test_tdn_same_weights_same_logits():
