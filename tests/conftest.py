@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from aknet_jax import host_memory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The commands' own default cache (~/.cache) stays off: runs share the one below instead.
 os.environ.setdefault("AKNET_COMPILATION_CACHE", "")
@@ -16,6 +18,9 @@ os.environ.setdefault("AKNET_COMPILATION_CACHE", "")
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=1"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+# The host allocator the commands set (cli.parse_flags), also before JAX starts: every worker's
+# XLA:CPU calls reuse freed memory instead of faulting it in afresh.
+host_memory.keep_freed_memory()
 
 
 def pytest_collection_modifyitems(config, items):
