@@ -26,17 +26,13 @@ def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
   return _pool(x)
 
 
-def _taps(xp, ho, wo):
-  return [xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2] for i, j in _TAPS]
-
-
 def _fwd(x):
-  # The max and the index of its tap from one pass: the backward must not re-find the maximum by
-  # comparing with y, since XLA may recompute x there with different rounding (FMA contraction).
+  # The max and the index of its tap from one pass: a backward that re-found the maximum by
+  # comparing x with y missed it where XLA recomputed x there with a different rounding.
   n, h, w, c = x.shape
   ho, wo = (h + 1) // 2, (w + 1) // 2
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  taps = _taps(xp, ho, wo)
+  taps = [xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2] for i, j in _TAPS]
   y, first = taps[0], jnp.zeros((n, ho, wo, c), jnp.int8)
   for k in range(1, len(_TAPS)):
     later = (taps[k] > y) | (jnp.isnan(taps[k]) & ~jnp.isnan(y))  # Ties keep the first (torch).
