@@ -2,7 +2,7 @@
 
 By default glibc serves XLA:CPU's worker threads from per-thread arenas whose large blocks are
 mapped per request and unmapped on free, so every training step faults its buffers in afresh:
-~600 k page faults (2.4 GB zeroed by the kernel) per TSM-R50 batch-2 step, ~20 % of its time
+~600 k page faults (2.4 GB zeroed by the kernel) per TSM-R50 batch-2 step, ~17 % of its time
 (docs/benchmarks.md). One arena, no mmap'd blocks and no trimming keep those pages mapped and
 reused; the process's resident memory stays at its peak instead of shrinking between steps.
 """
