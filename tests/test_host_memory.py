@@ -28,7 +28,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _run(keep: str) -> tuple[str, int]:
-  env = dict(os.environ, AKNET_KEEP_HOST_MEMORY=keep)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, AKNET_KEEP_HOST_MEMORY=keep,
+             PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
   out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
                        check=True).stdout.split()
   return out[0], int(out[1])
