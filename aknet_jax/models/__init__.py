@@ -17,6 +17,7 @@ import ml_collections
 
 from aknet_jax.models import compaction
 from aknet_jax.models import resnet
+from aknet_jax.models import winograd
 from aknet_jax.models.aknet import AKNet
 from aknet_jax.models.backbone import VideoBackbone
 from aknet_jax.models.video_net import VideoNet
@@ -126,18 +127,22 @@ def hlo_flops(fn, *args, axis_name: str | None = None) -> float:
   that every JAX install has, so the count is the same on every machine (XLA:GPU analyses only
   compiled programs, and there leaves cuDNN's convolutions out). `args`: arrays or
   ShapeDtypeStructs; with `axis_name`, `fn` runs under a one-device pmap (leading axis of 1).
-  Where the CPU backend is switched off (JAX_PLATFORMS without cpu), the default backend counts."""
+  Where the CPU backend is switched off (JAX_PLATFORMS without cpu), the default backend counts.
+  Convolutions count in their direct form (`winograd.direct_form`), as on every other backend."""
   try:
     devices = jax.devices("cpu")[:1]
   except RuntimeError:
     devices = jax.local_devices()[:1]
-  if axis_name is None:
-    sharding = jax.sharding.SingleDeviceSharding(devices[0])
-    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
-    lowered = jax.jit(fn).lower(*specs)
-  else:
-    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-    lowered = jax.pmap(fn, axis_name=axis_name, devices=devices).lower(*specs)
+  counted = lambda *a: fn(*a)  # A fresh function: no trace cached outside `direct_form` reused.
+  with winograd.direct_form():
+    if axis_name is None:
+      sharding = jax.sharding.SingleDeviceSharding(devices[0])
+      specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                           args)
+      lowered = jax.jit(counted).lower(*specs)
+    else:
+      specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+      lowered = jax.pmap(counted, axis_name=axis_name, devices=devices).lower(*specs)
   cost = lowered.cost_analysis()
   if cost is None:  # Backends that analyse only compiled programs.
     cost = lowered.compile().cost_analysis()

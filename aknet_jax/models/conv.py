@@ -1,10 +1,12 @@
-"""`nn.Conv` whose pointwise (1x1, 1-tap 1D) case runs as a matmul.
+"""`nn.Conv` whose pointwise (1x1, 1-tap 1D) case runs as a matmul, and large 3x3 ones as Winograd.
 
 XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that runs 1.3-2.8x
 slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
 forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
-gradient reads both operands in place. Same variables (`kernel` (1, .., 1, C_in, C_out), `bias`) as
-`nn.Conv`, so checkpoints and converters are unchanged; every other kernel is `nn.Conv` itself.
+gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
+Winograd F(2x2, 3x3) on CPU (`models/winograd.py`). Same variables (`kernel` (kh, .., C_in,
+C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every other kernel is
+`nn.Conv` itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import flax.linen as nn
 import jax
 from flax.linen import dtypes
 
+from aknet_jax.models import winograd
+
 
 def _is_pointwise(kernel_size, padding) -> bool:
   if any(k != 1 for k in kernel_size):
@@ -24,6 +28,16 @@ def _is_pointwise(kernel_size, padding) -> bool:
   if isinstance(padding, int):
     return padding == 0
   return all(tuple(p) == (0, 0) for p in padding)
+
+
+def _is_3x3_same(kernel_size, padding) -> bool:
+  if tuple(kernel_size) != (3, 3):
+    return False
+  if isinstance(padding, str):
+    return padding == "SAME"
+  if isinstance(padding, int):
+    return padding == 1
+  return all(tuple(p) == (1, 1) for p in padding)
 
 
 def _ones(value) -> bool:
@@ -56,23 +70,30 @@ _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 class Conv(nn.Conv):
-  """`nn.Conv` (no dilation, groups or masks on the pointwise path); 1x1 kernels as a matmul."""
+  """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd on CPU (no dilation,
+  groups or masks on either path)."""
 
   @nn.compact
   def __call__(self, inputs):
     kernel_size = tuple(self.kernel_size)
-    if (not _is_pointwise(kernel_size, self.padding) or self.feature_group_count != 1
-        or self.mask is not None or not _ones(self.kernel_dilation)
-        or not _ones(self.input_dilation)):
-      return super().__call__(inputs)
     n_spatial = len(kernel_size)
     strides = self.strides if self.strides is not None else 1
     strides = (strides,) * n_spatial if isinstance(strides, int) else tuple(strides)
+    plain = (self.feature_group_count == 1 and self.mask is None and _ones(self.kernel_dilation)
+             and _ones(self.input_dilation))
+    winograd_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and _ones(strides)
+                    and winograd.applies(inputs.shape, self.features,
+                                         self.dtype or inputs.dtype))
+    if not (winograd_3x3 or (plain and _is_pointwise(kernel_size, self.padding))):
+      return super().__call__(inputs)
     kernel = self.param("kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
                         self.param_dtype)
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    if winograd_3x3:
+      y = winograd.conv3x3(inputs, kernel, self.precision)
+      return y + bias if bias is not None else y
     if any(s != 1 for s in strides):
       # A strided 1x1 conv reads every s-th position: slice first, then contract.
       batch = (slice(None),) * (inputs.ndim - n_spatial - 1)

@@ -1,0 +1,122 @@
+"""3x3 stride-1 convolutions as Winograd F(2x2, 3x3) on CPU: 16 batched matmuls instead of 9 taps.
+
+Each 4x4 input tile (stride 2) and the 3x3 kernel are mapped by fixed 0/±1/±½ transforms (Lavin &
+Gray 2016) so that one elementwise product per tile position gives a 2x2 output tile: 2.25x fewer
+multiplies than direct convolution, as matmuls over the channels. XLA:CPU's own 3x3 kernels run
+1.3-1.6x slower than oneDNN's per layer (docs/benchmarks.md); this form runs ResNet-50's stride-1
+3x3 layers 0.5-0.8x of XLA's time, forward and backward. The backward is written out: the input
+gradient is the same transform applied to g with the flipped kernel, and the weight gradient
+contracts the transformed input and output gradient over tiles, in place. Other platforms run
+`lax.conv_general_dilated` unchanged (cuDNN and the TPU pick their own algorithms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Kernel transform G (4x3); the input transform B^T and output transform A^T are written out
+# below as the sums and differences they are.
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
+
+# Below these sizes XLA:CPU's direct kernel wins (per-layer A/B in docs/benchmarks.md): with 16
+# channels the 16 matmuls are too thin; with under ~500 tiles (e.g. 8 frames at 14x14) too short.
+MIN_CHANNELS = 64
+MIN_TILES = 512
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+_DIRECT = contextvars.ContextVar("aknet_winograd_direct", default=False)
+
+
+@contextlib.contextmanager
+def direct_form():
+  """Functions traced inside use XLA's convolution everywhere: MAC counts (`models.gmacs`) count
+  the convolution as defined, not the 2.25x fewer multiplies Winograd does on CPU."""
+  token = _DIRECT.set(True)
+  try:
+    yield
+  finally:
+    _DIRECT.reset(token)
+
+
+def applies(input_shape, features: int, dtype) -> bool:
+  """Whether a 3x3, stride-1, pad-1 conv of this NHWC input runs as Winograd on CPU."""
+  if len(input_shape) != 4 or jnp.dtype(dtype) != jnp.float32:
+    return False
+  n, h, w, c = input_shape
+  return (h % 2 == 0 and w % 2 == 0 and min(c, features) >= MIN_CHANNELS
+          and n * h * w // 4 >= MIN_TILES)
+
+
+def _input_transform(x):
+  """(N, H, W, C), H and W even -> B^T d B of every 4x4 tile at stride 2: (16, N*H/2*W/2, C)."""
+  n, h, w, c = x.shape
+  ty, tx = h // 2, w // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  r = [xp[:, a:a + h:2] for a in range(4)]  # Tile row a of every tile: (N, TY, W + 2, C).
+  rows = (r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])
+  tiles = []
+  for v in rows:
+    col = [v[:, :, b:b + w:2] for b in range(4)]
+    tiles += [col[0] - col[2], col[1] + col[2], col[2] - col[1], col[1] - col[3]]
+  return jnp.stack(tiles).reshape(16, n * ty * tx, c)
+
+
+def _forward(x, w, precision):
+  n, h, wd, _ = x.shape
+  k = w.shape[-1]
+  u = jnp.einsum("au,uvck,bv->abck", _G, w, _G, precision=jax.lax.Precision.HIGHEST)
+  m = jax.lax.dot_general(_input_transform(x), u.reshape(16, *u.shape[2:]),
+                          (((2,), (1,)), ((0,), (0,))), precision=precision)
+  m = m.reshape(4, 4, n, h // 2, wd // 2, k)
+  # A^T m A: rows (m0 + m1 + m2, m1 - m2 - m3), then the same over columns.
+  o = (m[0] + m[1] + m[2], m[1] - m[2] - m[3])
+  y = [jnp.stack((oi[0] + oi[1] + oi[2], oi[1] - oi[2] - oi[3]), axis=3) for oi in o]
+  return jnp.stack(y, axis=2).reshape(n, h, wd, k)  # (N, TY, 2, TX, 2, K) interleaved.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _winograd(x, w, precision):
+  return _forward(x, w, precision)
+
+
+def _winograd_fwd(x, w, precision):
+  return _forward(x, w, precision), (x, w)  # Same residuals as a direct conv: x, not its tiles.
+
+
+def _winograd_bwd(precision, residuals, g):
+  x, w = residuals
+  n, h, wd, _ = x.shape
+  k = w.shape[-1]
+  # A stride-1 'same' 3x3 conv's input gradient is the same conv of g with the kernel flipped in
+  # space and its channel axes swapped.
+  dx = _forward(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), precision)
+  # The output transform's transpose, A g A^T per 2x2 tile of g: (16, tiles, K).
+  g0, g1 = g[:, 0::2], g[:, 1::2]
+  dm = []
+  for row in (g0, g0 + g1, g0 - g1, -g1):
+    c0, c1 = row[:, :, 0::2], row[:, :, 1::2]
+    dm += [c0, c0 + c1, c0 - c1, -c1]
+  dm = jnp.stack(dm).reshape(16, n * (h // 2) * (wd // 2), k)
+  du = jax.lax.dot_general(_input_transform(x), dm, (((1,), (1,)), ((0,), (0,))),
+                           precision=precision).reshape(4, 4, -1, k)
+  dw = jnp.einsum("au,abck,bv->uvck", _G, du, _G, precision=jax.lax.Precision.HIGHEST)
+  return dx, dw
+
+
+_winograd.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+def conv3x3(x, w, precision=None):
+  """x (N, H, W, C) * w (3, 3, C, K), stride 1, padding 1: Winograd on CPU, XLA's conv elsewhere."""
+  direct = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+  if _DIRECT.get():
+    return direct(x, w)
+  return jax.lax.platform_dependent(x, w, cpu=lambda x, w: _winograd(x, w, precision),
+                                    default=direct)

@@ -1,0 +1,94 @@
+"""models.winograd: 3x3 stride-1 convs as Winograd F(2x2, 3x3) equal the convolution they replace."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aknet_jax import models
+from aknet_jax.models import winograd
+from aknet_jax.models.conv import Conv
+
+
+def _correlate_f64(x, w):
+  """Independent reference: 'same' 3x3 cross-correlation in float64 NumPy, NHWC / HWIO."""
+  n, h, wd, _ = x.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y = np.zeros((n, h, wd, w.shape[-1]))
+  for u in range(3):
+    for v in range(3):
+      y += np.einsum("nhwc,ck->nhwk", xp[:, u:u + h, v:v + wd], w[u, v].astype(np.float64))
+  return y
+
+
+@pytest.mark.parametrize("shape,features", [((2, 8, 12, 5), 7), ((1, 2, 2, 3), 4),
+                                            ((3, 6, 4, 9), 9)])
+def test_values_and_gradients_equal_float64_correlation(shape, features):
+  """The Winograd form and its written-out backward against float64 sums, including the borders
+  (H, W = 2) and non-square maps and channel counts."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(shape).astype(np.float32)
+  w = (rng.standard_normal((3, 3, shape[-1], features)) / 3).astype(np.float32)
+  g = rng.standard_normal(shape[:3] + (features,)).astype(np.float32)
+  y, vjp = jax.vjp(lambda x, w: winograd._winograd(x, w, None), jnp.asarray(x), jnp.asarray(w))
+  dx, dw = vjp(jnp.asarray(g))
+  np.testing.assert_allclose(y, _correlate_f64(x, w), rtol=1e-5, atol=1e-5)
+  # d<g, y>/dx is the correlation of g with the kernel flipped and transposed; d/dw sums x * g.
+  np.testing.assert_allclose(dx, _correlate_f64(g, np.flip(w, (0, 1)).swapaxes(2, 3)),
+                             rtol=1e-5, atol=1e-5)
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, wd = shape[1:3]
+  dw_ref = np.stack([np.stack([np.einsum("nhwc,nhwk->ck", xp[:, u:u + h, v:v + wd], g)
+                               for v in range(3)]) for u in range(3)])
+  np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_module_takes_winograd_and_equals_flax_conv():
+  """A ResNet-sized 3x3 layer (64 channels, 16 frames of 14x14: 784 tiles) runs without an XLA
+  convolution on CPU, with nn.Conv's variables, values and gradients (fp32, 1e-5)."""
+  x = jax.random.normal(jax.random.key(1), (16, 14, 14, 64))
+  ours = Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=True)
+  ref = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=True)
+  v = ref.init(jax.random.key(0), x)
+  v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
+  assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(v)
+  hlo = jax.jit(lambda v, x: ours.apply(v, x)).lower(v, x).as_text()
+  assert "convolution" not in hlo and "dot_general" in hlo
+  y, yr = ours.apply(v, x), ref.apply(v, x)
+  scale = float(jnp.max(jnp.abs(yr)))
+  np.testing.assert_allclose(y, yr, rtol=1e-5, atol=1e-5 * scale)
+  w = jax.random.normal(jax.random.key(3), yr.shape)
+  grad = lambda m: jax.jit(jax.grad(lambda v, x: jnp.sum(m.apply(v, x) * w), argnums=(0, 1)))(v, x)
+  (gv, gx), (rv, rx) = grad(ours), grad(ref)
+  np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(rx))))
+  for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("shape,features,expected", [
+    ((16, 14, 14, 64), 64, True),     # TSM-R50 res2-res4 at 2 clips of 8 frames.
+    ((8, 56, 56, 64), 64, True),      # res2 at one clip.
+    ((8, 14, 14, 256), 256, False),   # res4 at one clip: 392 tiles, XLA's kernel is faster.
+    ((16, 7, 7, 512), 512, False),    # res5: odd sides.
+    ((16, 56, 56, 16), 16, False),    # TDN's mSE convs at 1/16 of the channels.
+    ((16, 14, 14, 64), 32, False),
+])
+def test_applies_where_measured_faster(shape, features, expected):
+  assert winograd.applies(shape, features, jnp.float32) is expected
+  assert not winograd.applies(shape, features, jnp.bfloat16)
+
+
+def test_macs_count_the_convolution_not_winograd():
+  """`models.hlo_flops` (hence gmacs) counts a Winograd layer as the convolution it computes,
+  even after the same function was compiled with Winograd."""
+  x = jax.ShapeDtypeStruct((16, 14, 14, 64), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
+  fn = lambda x, w: winograd.conv3x3(x, w)
+  jax.jit(fn).lower(x, w).compile()
+  direct = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert models.hlo_flops(fn, x, w) == models.hlo_flops(direct, x, w)
+  # XLA counts the taps inside the map: 14 x 14 positions minus the border's missing taps.
+  taps = sum(min(i + 2, 14) - max(i - 1, 0) for i in range(14)) ** 2
+  assert models.hlo_flops(fn, x, w) == 2 * 16 * taps * 64 * 64
