@@ -1,5 +1,8 @@
 """models.winograd: 3x3 stride-1 convs as Winograd F(2x2, 3x3) equal the convolution they replace."""
 
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,7 @@ import pytest
 from aknet_jax import models
 from aknet_jax.models import winograd
 from aknet_jax.models.conv import Conv
+from conftest import ROOT
 
 
 def _correlate_f64(x, w):
@@ -45,9 +49,9 @@ def test_values_and_gradients_equal_float64_correlation(shape, features):
 
 
 def test_conv_module_takes_winograd_and_equals_flax_conv():
-  """A ResNet-sized 3x3 layer (64 channels, 16 frames of 14x14: 784 tiles) runs without an XLA
+  """A ResNet-sized 3x3 layer (64 channels, 8 frames of 28x28: 1568 tiles) runs without an XLA
   convolution on CPU, with nn.Conv's variables, values and gradients (fp32, 1e-5)."""
-  x = jax.random.normal(jax.random.key(1), (16, 14, 14, 64))
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 64))
   ours = Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=True)
   ref = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=True)
   v = ref.init(jax.random.key(0), x)
@@ -67,12 +71,13 @@ def test_conv_module_takes_winograd_and_equals_flax_conv():
 
 
 @pytest.mark.parametrize("shape,features,expected", [
-    ((16, 14, 14, 64), 64, True),     # TSM-R50 res2-res4 at 2 clips of 8 frames.
-    ((8, 56, 56, 64), 64, True),      # res2 at one clip.
-    ((8, 14, 14, 256), 256, False),   # res4 at one clip: 392 tiles, XLA's kernel is faster.
+    ((8, 56, 56, 64), 64, True),      # ResNet-50 res2 at one clip of 8 frames.
+    ((8, 28, 28, 128), 128, True),    # res3 at one clip: 1568 tiles.
+    ((16, 14, 14, 256), 256, False),  # res4 at two clips: 784 tiles, a tie or a loss.
+    ((64, 14, 14, 256), 256, True),   # res4 at eight clips.
     ((16, 7, 7, 512), 512, False),    # res5: odd sides.
     ((16, 56, 56, 16), 16, False),    # TDN's mSE convs at 1/16 of the channels.
-    ((16, 14, 14, 64), 32, False),
+    ((64, 14, 14, 64), 32, False),
 ])
 def test_applies_where_measured_faster(shape, features, expected):
   assert winograd.applies(shape, features, jnp.float32) is expected
@@ -82,7 +87,7 @@ def test_applies_where_measured_faster(shape, features, expected):
 def test_macs_count_the_convolution_not_winograd():
   """`models.hlo_flops` (hence gmacs) counts a Winograd layer as the convolution it computes,
   even after the same function was compiled with Winograd."""
-  x = jax.ShapeDtypeStruct((16, 14, 14, 64), jnp.float32)
+  x = jax.ShapeDtypeStruct((8, 14, 14, 64), jnp.float32)
   w = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
   fn = lambda x, w: winograd.conv3x3(x, w)
   jax.jit(fn).lower(x, w).compile()
@@ -91,4 +96,22 @@ def test_macs_count_the_convolution_not_winograd():
   assert models.hlo_flops(fn, x, w) == models.hlo_flops(direct, x, w)
   # XLA counts the taps inside the map: 14 x 14 positions minus the border's missing taps.
   taps = sum(min(i + 2, 14) - max(i - 1, 0) for i in range(14)) ** 2
-  assert models.hlo_flops(fn, x, w) == 2 * 16 * taps * 64 * 64
+  assert models.hlo_flops(fn, x, w) == 2 * 8 * taps * 64 * 64
+
+
+def test_conv_bench_prints_a_row_per_layer_and_rejects_bad_layers():
+  """`python -m aknet_jax.conv_bench` times both forms per layer (odd sides: XLA only) and says
+  whether Conv picks Winograd; a malformed --layers is one error line."""
+  cmd = [sys.executable, "-m", "aknet_jax.conv_bench", "--frames=2", "--layers=8x4,7x4",
+         "--reps=1"]
+  res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  rows = [l.split("|")[1:-1] for l in res.stdout.splitlines() if l.startswith("| 2 ")]
+  assert [r[1].strip() for r in rows] == ["8×8×4", "7×7×4"]
+  assert all(float(c) > 0 for c in (rows[0][2], rows[0][3], rows[0][5], rows[0][6]))
+  assert rows[1][3].strip() == "—" and rows[0][8].strip() == rows[1][8].strip() == "no"
+  bad = subprocess.run(cmd[:3] + ["--layers=8by4"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+  assert bad.returncode != 0 and bad.stdout == ""
+  assert bad.stderr.strip().splitlines() == ["error: --layers: '8by4' is not SIDExCHANNELS "
+                                             "(e.g. 56x64)"]

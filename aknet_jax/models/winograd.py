@@ -4,7 +4,7 @@ Each 4x4 input tile (stride 2) and the 3x3 kernel are mapped by fixed 0/±1/±½
 Gray 2016) so that one elementwise product per tile position gives a 2x2 output tile: 2.25x fewer
 multiplies than direct convolution, as matmuls over the channels. XLA:CPU's own 3x3 kernels run
 1.3-1.6x slower than oneDNN's per layer (docs/benchmarks.md); this form runs ResNet-50's stride-1
-3x3 layers 0.5-0.8x of XLA's time, forward and backward. The backward is written out: the input
+3x3 layers in 0.5-0.9x of XLA's time, forward and backward, where it applies. The backward is written out: the input
 gradient is the same transform applied to g with the flipped kernel, and the weight gradient
 contracts the transformed input and output gradient over tiles, in place. Other platforms run
 `lax.conv_general_dilated` unchanged (cuDNN and the TPU pick their own algorithms).
@@ -24,10 +24,11 @@ import numpy as np
 # below as the sums and differences they are.
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
 
-# Below these sizes XLA:CPU's direct kernel wins (per-layer A/B in docs/benchmarks.md): with 16
-# channels the 16 matmuls are too thin; with under ~500 tiles (e.g. 8 frames at 14x14) too short.
+# Below these sizes XLA:CPU's direct kernel wins or ties (`python -m aknet_jax.conv_bench`,
+# docs/benchmarks.md): with 16-32 channels the 16 matmuls are too thin; with 784 tiles (16 frames
+# at 14x14) or fewer, too short.
 MIN_CHANNELS = 64
-MIN_TILES = 512
+MIN_TILES = 1024
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _DIRECT = contextvars.ContextVar("aknet_winograd_direct", default=False)
