@@ -4,10 +4,11 @@ Each 4x4 input tile (stride 2) and the 3x3 kernel are mapped by fixed 0/±1/±½
 Gray 2016) so that one elementwise product per tile position gives a 2x2 output tile: 2.25x fewer
 multiplies than direct convolution, as matmuls over the channels. XLA:CPU's own 3x3 kernels run
 1.3-1.6x slower than oneDNN's per layer (docs/benchmarks.md); this form runs ResNet-50's stride-1
-3x3 layers in 0.5-0.9x of XLA's time, forward and backward, where it applies. The backward is written out: the input
-gradient is the same transform applied to g with the flipped kernel, and the weight gradient
-contracts the transformed input and output gradient over tiles, in place. Other platforms run
-`lax.conv_general_dilated` unchanged (cuDNN and the TPU pick their own algorithms).
+3x3 layers in 0.5-0.9x of XLA's time, forward and backward, where it applies. The backward is
+written out: the input gradient is the same transform applied to g with the flipped kernel, and
+the weight gradient contracts the transformed input and output gradient over tiles, in place.
+Other platforms run `lax.conv_general_dilated` unchanged (cuDNN and the TPU pick their own
+algorithms).
 """
 
 from __future__ import annotations
