@@ -1,4 +1,4 @@
-"""models.winograd: 3x3 stride-1 convs as Winograd F(2x2, 3x3) equal the convolution they replace."""
+"""models.winograd: stride-1 3x3 convs as Winograd F(2x2, 3x3) equal the convolutions they replace."""
 
 import subprocess
 import sys
