@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aknet_jax import models
 from aknet_jax.models.conv import Conv
 
 
@@ -46,3 +47,27 @@ def test_bf16_compute_matches_flax_conv_gradients():
   np.testing.assert_allclose(gx, rx, rtol=2e-2, atol=2e-2)
   for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
     np.testing.assert_allclose(a, b, rtol=2e-2, atol=5e-2)
+
+
+def test_strided_3x3_weight_gradient_is_a_matmul_equal_to_flax_conv():
+  """A stride-2 3x3 conv with >= 64 input channels (ResNet-50's res3-res5 first blocks) has
+  nn.Conv's values and gradients; on CPU its weight gradient is no XLA convolution (only the
+  forward remains one), and the flop count of the step stays the convolution's."""
+  x = jax.random.normal(jax.random.key(1), (4, 14, 13, 64))  # Odd and even sides.
+  ours = Conv(32, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=True)
+  ref = nn.Conv(32, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=True)
+  v = ref.init(jax.random.key(0), x)
+  v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.key(3), ref.apply(v, x).shape)
+  loss = lambda m: (lambda v, x: jnp.sum(m.apply(v, x) * w))
+  (gv, gx), (rv, rx) = (jax.grad(loss(m), argnums=(0, 1))(v, x) for m in (ours, ref))
+  np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  # A nonlinear loss keeps the forward convolution in the program.
+  kernel_grad = lambda m: jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))))
+  hlo = kernel_grad(ours).lower(v, x).compile().as_text()
+  assert hlo.count(" convolution(") == 1
+  assert kernel_grad(ref).lower(v, x).compile().as_text().count(" convolution(") == 2
+  assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)

@@ -4,7 +4,8 @@ XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that
 slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
 forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
 gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
-Winograd F(2x2, 3x3) on CPU (`models/winograd.py`). Same variables (`kernel` (kh, .., C_in,
+Winograd F(2x2, 3x3) on CPU (`models/winograd.py`); strided 3x3 ones keep XLA's kernels except for
+the weight gradient, one im2col matmul on CPU (`_strided_3x3_bwd`). Same variables (`kernel` (kh, .., C_in,
 C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every other kernel is
 `nn.Conv` itself.
 """
@@ -15,6 +16,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax.linen import dtypes
 
 from aknet_jax.models import winograd
@@ -38,6 +40,13 @@ def _is_3x3_same(kernel_size, padding) -> bool:
   if isinstance(padding, int):
     return padding == 1
   return all(tuple(p) == (1, 1) for p in padding)
+
+
+def _pairs(padding) -> tuple:
+  """An int or per-dimension padding as ((lo, hi), ...) for two spatial dimensions."""
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  return tuple(tuple(p) for p in padding)
 
 
 def _ones(value) -> bool:
@@ -69,9 +78,58 @@ def _pointwise_bwd(precision, residuals, g):
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
+# Strided 3x3 convs from this many input channels take `_strided_3x3` (ResNet-50's res3-res5
+# first blocks; measured there, docs/benchmarks.md).
+STRIDED_MIN_CHANNELS = 64
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def _direct(x, w, strides, padding, precision):
+  return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                      dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_3x3(x, w, strides, padding, precision):
+  """XLA's strided 3x3 conv, its weight gradient one im2col matmul that reads x in place."""
+  return _direct(x, w, strides, padding, precision)
+
+
+def _strided_3x3_fwd(x, w, strides, padding, precision):
+  return _direct(x, w, strides, padding, precision), (x, w)
+
+
+def _strided_3x3_bwd(strides, padding, precision, residuals, g):
+  # XLA:CPU's weight-gradient kernel reads x channel-major: a transposed copy that recomputes x's
+  # fused producers with strided reads (TDN: conv1 -> BN -> ReLU -> mSE -> shift, 187 ms at res3
+  # for 2 clips). The nine strided taps of x, side by side, are a matmul operand read row-wise.
+  x, w = residuals
+  (kh, kw), (sh, sw), (oh, ow) = w.shape[:2], strides, g.shape[1:3]
+  xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
+  taps = [xp[:, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]
+          for u in range(kh) for v in range(kw)]
+  patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * x.shape[-1])
+  dw = jax.lax.dot_general(patches, g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())),
+                           precision=precision)
+  _, vjp_x = jax.vjp(lambda x: _direct(x, w, strides, padding, precision), x)
+  return vjp_x(g)[0], dw.reshape(w.shape)
+
+
+_strided_3x3.defvjp(_strided_3x3_fwd, _strided_3x3_bwd)
+
+
+def _strided_conv(x, w, strides, padding, precision):
+  """`_strided_3x3` on CPU; XLA's conv and its own gradients elsewhere and in `direct_form`."""
+  if winograd.in_direct_form():
+    return _direct(x, w, strides, padding, precision)
+  return jax.lax.platform_dependent(
+      x, w, cpu=lambda x, w: _strided_3x3(x, w, strides, padding, precision),
+      default=lambda x, w: _direct(x, w, strides, padding, precision))
+
+
 class Conv(nn.Conv):
-  """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd on CPU (no dilation,
-  groups or masks on either path)."""
+  """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd and strided 3x3 weight
+  gradients as im2col on CPU (no dilation, groups or masks on these paths)."""
 
   @nn.compact
   def __call__(self, inputs):
@@ -84,15 +142,19 @@ class Conv(nn.Conv):
     winograd_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and _ones(strides)
                     and winograd.applies(inputs.shape, self.features,
                                          self.dtype or inputs.dtype))
-    if not (winograd_3x3 or (plain and _is_pointwise(kernel_size, self.padding))):
+    strided_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and not _ones(strides)
+                   and not isinstance(self.padding, str) and inputs.ndim == 4
+                   and inputs.shape[-1] >= STRIDED_MIN_CHANNELS)
+    if not (winograd_3x3 or strided_3x3 or (plain and _is_pointwise(kernel_size, self.padding))):
       return super().__call__(inputs)
     kernel = self.param("kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
                         self.param_dtype)
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    if winograd_3x3:
-      y = winograd.conv3x3(inputs, kernel, self.precision)
+    if winograd_3x3 or strided_3x3:
+      y = (winograd.conv3x3(inputs, kernel, self.precision) if winograd_3x3 else
+           _strided_conv(inputs, kernel, strides, _pairs(self.padding), self.precision))
       return y + bias if bias is not None else y
     if any(s != 1 for s in strides):
       # A strided 1x1 conv reads every s-th position: slice first, then contract.

@@ -37,13 +37,19 @@ _DIRECT = contextvars.ContextVar("aknet_winograd_direct", default=False)
 
 @contextlib.contextmanager
 def direct_form():
-  """Functions traced inside use XLA's convolution everywhere: MAC counts (`models.gmacs`) count
-  the convolution as defined, not the 2.25x fewer multiplies Winograd does on CPU."""
+  """Functions traced inside use XLA's convolution everywhere (Winograd here, and `models/conv`'s
+  strided weight gradient): MAC counts (`models.gmacs`) count the convolution as defined, not the
+  2.25x fewer multiplies Winograd does on CPU."""
   token = _DIRECT.set(True)
   try:
     yield
   finally:
     _DIRECT.reset(token)
+
+
+def in_direct_form() -> bool:
+  """Whether the caller is tracing inside `direct_form()`."""
+  return _DIRECT.get()
 
 
 def applies(input_shape, features: int, dtype) -> bool:
@@ -118,7 +124,7 @@ def conv3x3(x, w, precision=None):
   """x (N, H, W, C) * w (3, 3, C, K), stride 1, padding 1: Winograd on CPU, XLA's conv elsewhere."""
   direct = lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
-  if _DIRECT.get():
+  if in_direct_form():
     return direct(x, w)
   return jax.lax.platform_dependent(x, w, cpu=lambda x, w: _winograd(x, w, precision),
                                     default=direct)
