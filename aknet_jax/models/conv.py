@@ -4,10 +4,10 @@ XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that
 slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
 forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
 gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
-Winograd F(2x2, 3x3) on CPU (`models/winograd.py`); strided 3x3 ones keep XLA's kernels except for
-the weight gradient, one im2col matmul on CPU (`_strided_3x3_bwd`). Same variables (`kernel` (kh, .., C_in,
-C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every other kernel is
-`nn.Conv` itself.
+Winograd F(2x2, 3x3) on CPU (`models/winograd.py`); strided 3x3 ones keep XLA's kernels except
+for the weight gradient, one im2col matmul on CPU (`_strided_3x3_bwd`). Same variables (`kernel`
+(kh, .., C_in, C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every
+other kernel is `nn.Conv` itself.
 """
 
 from __future__ import annotations
@@ -81,22 +81,16 @@ _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 # Strided 3x3 convs from this many input channels take `_strided_3x3` (ResNet-50's res3-res5
 # first blocks; measured there, docs/benchmarks.md).
 STRIDED_MIN_CHANNELS = 64
-_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-
-
-def _direct(x, w, strides, padding, precision):
-  return jax.lax.conv_general_dilated(x, w, strides, padding,
-                                      dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _strided_3x3(x, w, strides, padding, precision):
   """XLA's strided 3x3 conv, its weight gradient one im2col matmul that reads x in place."""
-  return _direct(x, w, strides, padding, precision)
+  return winograd.direct(x, w, strides, padding, precision)
 
 
 def _strided_3x3_fwd(x, w, strides, padding, precision):
-  return _direct(x, w, strides, padding, precision), (x, w)
+  return winograd.direct(x, w, strides, padding, precision), (x, w)
 
 
 def _strided_3x3_bwd(strides, padding, precision, residuals, g):
@@ -111,7 +105,7 @@ def _strided_3x3_bwd(strides, padding, precision, residuals, g):
   patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * x.shape[-1])
   dw = jax.lax.dot_general(patches, g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())),
                            precision=precision)
-  _, vjp_x = jax.vjp(lambda x: _direct(x, w, strides, padding, precision), x)
+  _, vjp_x = jax.vjp(lambda x: winograd.direct(x, w, strides, padding, precision), x)
   return vjp_x(g)[0], dw.reshape(w.shape)
 
 
@@ -121,10 +115,10 @@ _strided_3x3.defvjp(_strided_3x3_fwd, _strided_3x3_bwd)
 def _strided_conv(x, w, strides, padding, precision):
   """`_strided_3x3` on CPU; XLA's conv and its own gradients elsewhere and in `direct_form`."""
   if winograd.in_direct_form():
-    return _direct(x, w, strides, padding, precision)
+    return winograd.direct(x, w, strides, padding, precision)
   return jax.lax.platform_dependent(
       x, w, cpu=lambda x, w: _strided_3x3(x, w, strides, padding, precision),
-      default=lambda x, w: _direct(x, w, strides, padding, precision))
+      default=lambda x, w: winograd.direct(x, w, strides, padding, precision))
 
 
 class Conv(nn.Conv):

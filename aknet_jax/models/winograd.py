@@ -52,6 +52,12 @@ def in_direct_form() -> bool:
   return _DIRECT.get()
 
 
+def direct(x, w, strides=(1, 1), padding=((1, 1), (1, 1)), precision=None):
+  """XLA's own NHWC / HWIO convolution: what the reformulations replace, and run elsewhere."""
+  return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                      dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+
+
 def applies(input_shape, features: int, dtype) -> bool:
   """Whether a 3x3, stride-1, pad-1 conv of this NHWC input runs as Winograd on CPU."""
   if len(input_shape) != 4 or jnp.dtype(dtype) != jnp.float32:
@@ -122,9 +128,7 @@ _winograd.defvjp(_winograd_fwd, _winograd_bwd)
 
 def conv3x3(x, w, precision=None):
   """x (N, H, W, C) * w (3, 3, C, K), stride 1, padding 1: Winograd on CPU, XLA's conv elsewhere."""
-  direct = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
   if in_direct_form():
-    return direct(x, w)
+    return direct(x, w, precision=precision)
   return jax.lax.platform_dependent(x, w, cpu=lambda x, w: _winograd(x, w, precision),
-                                    default=direct)
+                                    default=lambda x, w: direct(x, w, precision=precision))
