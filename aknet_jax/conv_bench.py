@@ -31,7 +31,7 @@ flags.DEFINE_integer("reps", 5, "Interleaved rounds (the median is reported).")
 
 
 def _forms():
-  wino = lambda x, w: winograd._winograd(x, w, None)  # pylint: disable=protected-access
+  wino = lambda x, w: winograd._winograd(x, w, None, None)  # pylint: disable=protected-access
   return {"xla": winograd.direct, "winograd": wino}
 
 

@@ -35,9 +35,13 @@ def test_values_and_gradients_equal_float64_correlation(shape, features):
   x = rng.standard_normal(shape).astype(np.float32)
   w = (rng.standard_normal((3, 3, shape[-1], features)) / 3).astype(np.float32)
   g = rng.standard_normal(shape[:3] + (features,)).astype(np.float32)
-  y, vjp = jax.vjp(lambda x, w: winograd._winograd(x, w, None), jnp.asarray(x), jnp.asarray(w))
-  dx, dw = vjp(jnp.asarray(g))
-  np.testing.assert_allclose(y, _correlate_f64(x, w), rtol=1e-5, atol=1e-5)
+  b = rng.standard_normal((features,)).astype(np.float32)
+  y, vjp = jax.vjp(lambda x, w, b: winograd._winograd(x, w, b, None), jnp.asarray(x),
+                   jnp.asarray(w), jnp.asarray(b))
+  dx, dw, db = vjp(jnp.asarray(g))
+  np.testing.assert_allclose(y, _correlate_f64(x, w) + b, rtol=1e-5, atol=1e-5)
+  # The bias gradient comes from the tile sums of g (the transformed g's component 5).
+  np.testing.assert_allclose(db, g.astype(np.float64).sum((0, 1, 2)), rtol=1e-5, atol=1e-4)
   # d<g, y>/dx is the correlation of g with the kernel flipped and transposed; d/dw sums x * g.
   np.testing.assert_allclose(dx, _correlate_f64(g, np.flip(w, (0, 1)).swapaxes(2, 3)),
                              rtol=1e-5, atol=1e-5)

@@ -53,14 +53,15 @@ def _ones(value) -> bool:
   return value is None or (value == 1 if isinstance(value, int) else all(v == 1 for v in value))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pointwise(x, w, precision):
-  """x (..., C_in) @ w (C_in, C_out)."""
-  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _pointwise(x, w, b, precision):
+  """x (..., C_in) @ w (C_in, C_out) (+ b (C_out,))."""
+  y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+  return y if b is None else y + b
 
 
-def _pointwise_fwd(x, w, precision):
-  return _pointwise(x, w, precision), (x, w)
+def _pointwise_fwd(x, w, b, precision):
+  return _pointwise(x, w, b, precision), (x, w, b)
 
 
 def _pointwise_bwd(precision, residuals, g):
@@ -68,14 +69,20 @@ def _pointwise_bwd(precision, residuals, g):
   # with its producer, usually BN's backward) transposed: a strided pass as large as the
   # activation, 21 % of a TSM-R50 step's op time. x^T g with both operands contracted on their
   # row axis runs in place (docs/benchmarks.md: the TSM-R50 step 0.80x).
-  x, w = residuals
+  x, w, b = residuals
+  g2 = g.reshape(-1, g.shape[-1])
   dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
-  dw = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]),
-                           (((0,), (0,)), ((), ())), precision=precision)
-  return dx, dw
+  dw = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), g2, (((0,), (0,)), ((), ())),
+                           precision=precision)
+  return dx, dw, _bias_grad(g2, b)
 
 
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def _bias_grad(g2, b):
+  """The bias gradient from g's (rows, C_out) view, or None for a conv without bias."""
+  return None if b is None else winograd.sum_rows(g2).astype(b.dtype)
 
 
 # Strided 3x3 convs from this many input channels take `_strided_3x3` (ResNet-50's res3-res5
@@ -83,42 +90,47 @@ _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 STRIDED_MIN_CHANNELS = 64
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _strided_3x3(x, w, strides, padding, precision):
+def _direct(x, w, b, strides, padding, precision):
+  y = winograd.direct(x, w, strides, padding, precision)
+  return y if b is None else y + b
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _strided_3x3(x, w, b, strides, padding, precision):
   """XLA's strided 3x3 conv, its weight gradient one im2col matmul that reads x in place."""
-  return winograd.direct(x, w, strides, padding, precision)
+  return _direct(x, w, b, strides, padding, precision)
 
 
-def _strided_3x3_fwd(x, w, strides, padding, precision):
-  return winograd.direct(x, w, strides, padding, precision), (x, w)
+def _strided_3x3_fwd(x, w, b, strides, padding, precision):
+  return _direct(x, w, b, strides, padding, precision), (x, w, b)
 
 
 def _strided_3x3_bwd(strides, padding, precision, residuals, g):
   # XLA:CPU's weight-gradient kernel reads x channel-major: a transposed copy that recomputes x's
   # fused producers with strided reads (TDN: conv1 -> BN -> ReLU -> mSE -> shift, 187 ms at res3
   # for 2 clips). The nine strided taps of x, side by side, are a matmul operand read row-wise.
-  x, w = residuals
+  x, w, b = residuals
   (kh, kw), (sh, sw), (oh, ow) = w.shape[:2], strides, g.shape[1:3]
   xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
   taps = [xp[:, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]
           for u in range(kh) for v in range(kw)]
   patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * x.shape[-1])
-  dw = jax.lax.dot_general(patches, g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())),
-                           precision=precision)
+  g2 = g.reshape(-1, g.shape[-1])
+  dw = jax.lax.dot_general(patches, g2, (((0,), (0,)), ((), ())), precision=precision)
   _, vjp_x = jax.vjp(lambda x: winograd.direct(x, w, strides, padding, precision), x)
-  return vjp_x(g)[0], dw.reshape(w.shape)
+  return vjp_x(g)[0], dw.reshape(w.shape), _bias_grad(g2, b)
 
 
 _strided_3x3.defvjp(_strided_3x3_fwd, _strided_3x3_bwd)
 
 
-def _strided_conv(x, w, strides, padding, precision):
+def _strided_conv(x, w, b, strides, padding, precision):
   """`_strided_3x3` on CPU; XLA's conv and its own gradients elsewhere and in `direct_form`."""
+  xla = lambda x, w, b: _direct(x, w, b, strides, padding, precision)
   if winograd.in_direct_form():
-    return winograd.direct(x, w, strides, padding, precision)
+    return xla(x, w, b)
   return jax.lax.platform_dependent(
-      x, w, cpu=lambda x, w: _strided_3x3(x, w, strides, padding, precision),
-      default=lambda x, w: winograd.direct(x, w, strides, padding, precision))
+      x, w, b, cpu=lambda x, w, b: _strided_3x3(x, w, b, strides, padding, precision), default=xla)
 
 
 class Conv(nn.Conv):
@@ -146,15 +158,14 @@ class Conv(nn.Conv):
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    if winograd_3x3 or strided_3x3:
-      y = (winograd.conv3x3(inputs, kernel, self.precision) if winograd_3x3 else
-           _strided_conv(inputs, kernel, strides, _pairs(self.padding), self.precision))
-      return y + bias if bias is not None else y
+    # The bias goes inside each path: its gradient is then a matvec over the operand the weight
+    # gradient reads (`winograd.sum_rows`).
+    if winograd_3x3:
+      return winograd.conv3x3(inputs, kernel, bias, self.precision)
+    if strided_3x3:
+      return _strided_conv(inputs, kernel, bias, strides, _pairs(self.padding), self.precision)
     if any(s != 1 for s in strides):
       # A strided 1x1 conv reads every s-th position: slice first, then contract.
       batch = (slice(None),) * (inputs.ndim - n_spatial - 1)
       inputs = inputs[batch + tuple(slice(None, None, s) for s in strides) + (slice(None),)]
-    y = _pointwise(inputs, kernel.reshape(kernel.shape[-2:]), self.precision)
-    if bias is not None:
-      y = y + bias
-    return y
+    return _pointwise(inputs, kernel.reshape(kernel.shape[-2:]), bias, self.precision)

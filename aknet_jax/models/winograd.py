@@ -81,6 +81,16 @@ def _input_transform(x):
   return jnp.stack(tiles).reshape(16, n * ty * tx, c)
 
 
+def sum_rows(m):
+  """(R, K) -> (K,) float32: the sum over rows as a matvec with ones.
+
+  A conv's bias gradient. Read by a dot, like the weight gradient reads the same (R, K) operand,
+  XLA:CPU computes that operand once; a reduce over the NHWC view made it fuse BN's backward into
+  a second copy of the operand (TDN-R50 step 0.98x, docs/benchmarks.md)."""
+  return jax.lax.dot_general(jnp.ones((m.shape[0],), m.dtype), m, (((0,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
 def _forward(x, w, precision):
   n, h, wd, _ = x.shape
   k = w.shape[-1]
@@ -94,17 +104,19 @@ def _forward(x, w, precision):
   return jnp.stack(y, axis=2).reshape(n, h, wd, k)  # (N, TY, 2, TX, 2, K) interleaved.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _winograd(x, w, precision):
-  return _forward(x, w, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _winograd(x, w, b, precision):
+  y = _forward(x, w, precision)
+  return y if b is None else y + b
 
 
-def _winograd_fwd(x, w, precision):
-  return _forward(x, w, precision), (x, w)  # Same residuals as a direct conv: x, not its tiles.
+def _winograd_fwd(x, w, b, precision):
+  # Same residuals as a direct conv: x, not its tiles.
+  return _winograd(x, w, b, precision), (x, w, b)
 
 
 def _winograd_bwd(precision, residuals, g):
-  x, w = residuals
+  x, w, b = residuals
   n, h, wd, _ = x.shape
   k = w.shape[-1]
   # A stride-1 'same' 3x3 conv's input gradient is the same conv of g with the kernel flipped in
@@ -120,15 +132,21 @@ def _winograd_bwd(precision, residuals, g):
   du = jax.lax.dot_general(_input_transform(x), dm, (((1,), (1,)), ((0,), (0,))),
                            precision=precision).reshape(4, 4, -1, k)
   dw = jnp.einsum("au,abck,bv->uvck", _G, du, _G, precision=jax.lax.Precision.HIGHEST)
-  return dx, dw
+  # dm[5] = (g0 + g1) over columns c0 + c1: each 2x2 tile's sum, so its rows sum to g's.
+  db = None if b is None else sum_rows(dm[5]).astype(b.dtype)
+  return dx, dw, db
 
 
 _winograd.defvjp(_winograd_fwd, _winograd_bwd)
 
 
-def conv3x3(x, w, precision=None):
-  """x (N, H, W, C) * w (3, 3, C, K), stride 1, padding 1: Winograd on CPU, XLA's conv elsewhere."""
+def conv3x3(x, w, b=None, precision=None):
+  """x (N, H, W, C) * w (3, 3, C, K) (+ b (K,)), stride 1, padding 1: Winograd on CPU, XLA's conv
+  elsewhere."""
+  def xla(x, w, b):
+    y = direct(x, w, precision=precision)
+    return y if b is None else y + b
   if in_direct_form():
-    return direct(x, w, precision=precision)
-  return jax.lax.platform_dependent(x, w, cpu=lambda x, w: _winograd(x, w, precision),
-                                    default=lambda x, w: direct(x, w, precision=precision))
+    return xla(x, w, b)
+  return jax.lax.platform_dependent(x, w, b, cpu=lambda x, w, b: _winograd(x, w, b, precision),
+                                    default=xla)
