@@ -39,6 +39,21 @@ def test_nearest_resize_matches_torch_interpolate():
     np.testing.assert_array_equal(np.asarray(got), ref.permute(0, 2, 3, 1).numpy())
 
 
+def test_integer_upscale_is_a_broadcast_with_the_gathers_gradient():
+  """2x upscales (TDN's fusion of the difference branch, mSE at even sizes) repeat rows instead of
+  gathering them: same values and gradient as the source-index gather, no gather or scatter."""
+  x = jnp.asarray(np.random.RandomState(2).randn(2, 14, 14, 3).astype(np.float32))
+  g = jnp.asarray(np.random.RandomState(3).randn(2, 28, 28, 3).astype(np.float32))
+  idx = tdn.nearest_indices(14, 28)
+  gather = lambda x: jnp.take(jnp.take(x, idx, axis=1), idx, axis=2)
+  resize = lambda x: tdn.nearest_resize(x, 28, 28)
+  np.testing.assert_array_equal(resize(x), gather(x))
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
+  np.testing.assert_allclose(grad(resize), grad(gather), rtol=1e-6, atol=1e-6)
+  hlo = jax.jit(jax.grad(lambda x: jnp.sum(resize(x) * g))).lower(x).as_text()
+  assert "gather" not in hlo and "scatter" not in hlo
+
+
 def test_rgb_differences_order_and_fusion_weights():
   f = np.random.RandomState(1).randn(2, 5, 4, 4, 3).astype(np.float32)
   want = np.concatenate([f[:, 1] - f[:, 0], f[:, 2] - f[:, 1], f[:, 3] - f[:, 2], f[:, 4] - f[:, 3]],

@@ -29,10 +29,19 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
   return np.minimum(idx, size_in - 1)
 
 
+def _resize_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
+  idx = nearest_indices(x.shape[axis], size)
+  factor = size // x.shape[axis]
+  if size % x.shape[axis] == 0 and np.array_equal(idx, np.arange(size) // factor):
+    # An integer upscale repeats each row: a broadcast, whose gradient sums blocks, where a gather
+    # is a copy forward and a scatter-add backward on XLA:CPU.
+    return jnp.repeat(x, factor, axis=axis)
+  return jnp.take(x, idx, axis=axis)
+
+
 def nearest_resize(x: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
   """Nearest resize of (N, h, w, C) to (N, height, width, C) with PyTorch's source indices."""
-  x = jnp.take(x, nearest_indices(x.shape[1], height), axis=1)
-  return jnp.take(x, nearest_indices(x.shape[2], width), axis=2)
+  return _resize_axis(_resize_axis(x, 1, height), 2, width)
 
 
 def avg_pool2(x: jnp.ndarray) -> jnp.ndarray:
