@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aknet_jax.models import fusion, winograd
 from aknet_jax.models.max_pool import max_pool_3x3_s2
 
 
@@ -46,3 +47,26 @@ def test_bf16():
   got, ref = grad(max_pool_3x3_s2), grad(_reference)
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), atol=1e-2)
+
+
+def test_unfused_computes_once_on_cpu_and_inline_when_counting_macs():
+  """`fusion.unfused` returns fn's values; on CPU fn runs as a conditional's branch (a computation
+  XLA cannot fuse into consumers), inline in `direct_form`, so MAC counts stay those of fn."""
+  x = jax.random.normal(jax.random.key(0), (4, 6))
+  fn = lambda a: (jnp.sin(a) * 2, jnp.argmax(a, 1))
+  got, want = fusion.unfused(fn, x), fn(x)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
+  hlo = lambda f: jax.jit(f).lower(x).compile().as_text()
+  assert "conditional" in hlo(lambda x: fusion.unfused(fn, x))
+  with winograd.direct_form():
+    assert "conditional" not in hlo(lambda x: fusion.unfused(fn, x))
+
+
+def test_pool_backward_reads_the_forward_indices():
+  """On CPU the stem pool's max and tap indices come out of one conditional, so the backward reads
+  the int8 indices rather than recomputing the nine-tap comparison per window."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  loss = lambda x: jnp.sum(max_pool_3x3_s2(x) ** 2)
+  hlo = jax.jit(jax.grad(loss)).lower(x).compile().as_text()
+  assert "conditional" in hlo and "s8[2,4,4,3]" in hlo
