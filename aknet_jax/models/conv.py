@@ -90,19 +90,14 @@ def _bias_grad(g2, b):
 STRIDED_MIN_CHANNELS = 64
 
 
-def _direct(x, w, b, strides, padding, precision):
-  y = winograd.direct(x, w, strides, padding, precision)
-  return y if b is None else y + b
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _strided_3x3(x, w, b, strides, padding, precision):
   """XLA's strided 3x3 conv, its weight gradient one im2col matmul that reads x in place."""
-  return _direct(x, w, b, strides, padding, precision)
+  return winograd.direct(x, w, strides, padding, precision, b)
 
 
 def _strided_3x3_fwd(x, w, b, strides, padding, precision):
-  return _direct(x, w, b, strides, padding, precision), (x, w, b)
+  return winograd.direct(x, w, strides, padding, precision, b), (x, w, b)
 
 
 def _strided_3x3_bwd(strides, padding, precision, residuals, g):
@@ -126,7 +121,7 @@ _strided_3x3.defvjp(_strided_3x3_fwd, _strided_3x3_bwd)
 
 def _strided_conv(x, w, b, strides, padding, precision):
   """`_strided_3x3` on CPU; XLA's conv and its own gradients elsewhere and in `direct_form`."""
-  xla = lambda x, w, b: _direct(x, w, b, strides, padding, precision)
+  xla = lambda x, w, b: winograd.direct(x, w, strides, padding, precision, b)
   if winograd.in_direct_form():
     return xla(x, w, b)
   return jax.lax.platform_dependent(

@@ -52,10 +52,12 @@ def in_direct_form() -> bool:
   return _DIRECT.get()
 
 
-def direct(x, w, strides=(1, 1), padding=((1, 1), (1, 1)), precision=None):
-  """XLA's own NHWC / HWIO convolution: what the reformulations replace, and run elsewhere."""
-  return jax.lax.conv_general_dilated(x, w, strides, padding,
-                                      dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+def direct(x, w, strides=(1, 1), padding=((1, 1), (1, 1)), precision=None, bias=None):
+  """XLA's own NHWC / HWIO convolution (+ bias): what the reformulations replace, and run
+  elsewhere."""
+  y = jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DIMENSION_NUMBERS,
+                                   precision=precision)
+  return y if bias is None else y + bias
 
 
 def applies(input_shape, features: int, dtype) -> bool:
@@ -143,9 +145,7 @@ _winograd.defvjp(_winograd_fwd, _winograd_bwd)
 def conv3x3(x, w, b=None, precision=None):
   """x (N, H, W, C) * w (3, 3, C, K) (+ b (K,)), stride 1, padding 1: Winograd on CPU, XLA's conv
   elsewhere."""
-  def xla(x, w, b):
-    y = direct(x, w, precision=precision)
-    return y if b is None else y + b
+  xla = lambda x, w, b: direct(x, w, precision=precision, bias=b)
   if in_direct_form():
     return xla(x, w, b)
   return jax.lax.platform_dependent(x, w, b, cpu=lambda x, w, b: _winograd(x, w, b, precision),
