@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,3 +178,26 @@ def test_pmap_with_cross_replica_batch_norm(setup, tmp_path):
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0 and "PMAP_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_aux_head_takes_our_conv_paths_with_flax_conv_gradients(monkeypatch):
+  """The auxiliary head's strided 3x3 convs run `models.conv.Conv` (im2col weight gradients on
+  CPU): same variables, values and gradients as with `nn.Conv`."""
+  import types
+  from aknet_jax.models import aknet as aknet_lib
+  x = jax.random.normal(jax.random.key(1), (2, 2, 6, 6, 64))
+  head = aknet_lib.AuxHead(num_classes=5)
+  v = head.init(jax.random.key(0), x, train=False)
+
+  def grads():
+    def loss(params, x):
+      out, _ = head.apply({**v, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(out))
+    return jax.grad(loss, argnums=(0, 1))(v["params"], x)
+
+  ours = grads()
+  monkeypatch.setattr(aknet_lib, "conv_lib", types.SimpleNamespace(Conv=nn.Conv))
+  assert jax.tree.structure(head.init(jax.random.key(0), x, train=False)) == jax.tree.structure(v)
+  ref = grads()
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

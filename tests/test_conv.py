@@ -71,3 +71,43 @@ def test_strided_3x3_weight_gradient_is_a_matmul_equal_to_flax_conv():
   assert hlo.count(" convolution(") == 1
   assert kernel_grad(ref).lower(v, x).compile().as_text().count(" convolution(") == 2
   assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
+
+
+def _strided_3x3_float64(x, kernel, bias, g):
+  """Independent reference: a stride-2, pad-1 3x3 cross-correlation (NHWC / HWIO) and its input,
+  weight and bias gradients for the cotangent g, as float64 NumPy sums over the nine taps."""
+  x, kernel, g = (np.asarray(a, np.float64) for a in (x, kernel, g))
+  oh, ow = g.shape[1:3]
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y, dxp, dk = np.zeros(g.shape), np.zeros_like(xp), np.zeros_like(kernel)
+  for u in range(3):
+    for v in range(3):
+      window = (slice(None), slice(u, u + 2 * oh - 1, 2), slice(v, v + 2 * ow - 1, 2))
+      y += np.einsum("nhwc,ck->nhwk", xp[window], kernel[u, v])
+      dxp[window] += np.einsum("nhwk,ck->nhwc", g, kernel[u, v])
+      dk[u, v] = np.einsum("nhwc,nhwk->ck", xp[window], g)
+  return y + np.asarray(bias, np.float64), dxp[:, 1:-1, 1:-1], dk, g.sum((0, 1, 2))
+
+
+def test_strided_3x3_with_many_channels_is_im2col_matmuls_equal_to_float64_sums():
+  """From `IM2COL_MIN_CHANNELS` input channels (res5's first block, AK-Net's auxiliary head) the
+  strided conv's forward and input gradient are matmuls too: values and all gradients equal
+  float64 sums, no XLA convolution is left in the program on CPU, and the flop count is still the
+  convolution's."""
+  from aknet_jax.models import conv as conv_lib
+  x = jax.random.normal(jax.random.key(1), (2, 7, 6, conv_lib.IM2COL_MIN_CHANNELS))  # Odd, even.
+  ours = Conv(16, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=True)
+  ref = nn.Conv(16, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=True)
+  v = ref.init(jax.random.key(0), x)
+  v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
+  y, vjp = jax.vjp(ours.apply, v, x)
+  g = jax.random.normal(jax.random.key(3), y.shape)
+  (gv, gx), p = vjp(g), v["params"]
+  expected = _strided_3x3_float64(x, p["kernel"], p["bias"], g)
+  for got, want in zip((y, gx, gv["params"]["kernel"], gv["params"]["bias"]), expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  # A nonlinear loss keeps the forward in the program.
+  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)) * g))
+  grad = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))
+  assert " convolution(" not in grad.lower(v, x).compile().as_text()
+  assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)

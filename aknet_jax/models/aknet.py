@@ -13,6 +13,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aknet_jax.models import conv as conv_lib
 from aknet_jax.models import keypoints
 from aknet_jax.models import resnet
 from aknet_jax.models.backbone import VideoBackbone
@@ -35,7 +36,7 @@ class AuxHead(nn.Module):
   def __call__(self, x, *, train: bool):
     """x (B, T, h, w, C) -> logits (B, K) float32."""
     b, t, h, w, c = x.shape
-    conv = functools.partial(nn.Conv, c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+    conv = functools.partial(conv_lib.Conv, c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                              use_bias=False, dtype=self.dtype)
     norm = norm_layer(train=train, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
                       dtype=self.dtype)

@@ -5,7 +5,8 @@ slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer
 forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
 gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
 Winograd F(2x2, 3x3) on CPU (`models/winograd.py`); strided 3x3 ones keep XLA's kernels except
-for the weight gradient, one im2col matmul on CPU (`_strided_3x3_bwd`). Same variables (`kernel`
+for the weight gradient, one im2col matmul on CPU (`_strided_3x3_bwd`), and from 512 input channels
+their forward and input gradient, matmuls over the same patches. Same variables (`kernel`
 (kh, .., C_in, C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every
 other kernel is `nn.Conv` itself.
 """
@@ -88,32 +89,63 @@ def _bias_grad(g2, b):
 # Strided 3x3 convs from this many input channels take `_strided_3x3` (ResNet-50's res3-res5
 # first blocks; measured there, docs/benchmarks.md).
 STRIDED_MIN_CHANNELS = 64
+# From this many input channels (res5's first block, AK-Net's auxiliary head) the strided conv's
+# forward and input gradient are im2col matmuls too: XLA:CPU's strided kernels run slower there
+# (docs/benchmarks.md; 16 frames of 14x14x512: forward 23 -> 19 ms, input gradient 24 -> 18 ms).
+IM2COL_MIN_CHANNELS = 512
+
+
+def _patches(x, window, strides, padding, out_hw):
+  """The strided taps of x side by side: (rows, kh*kw*C), a matmul operand read row-wise."""
+  (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
+  xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
+  taps = [xp[:, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]
+          for u in range(kh) for v in range(kw)]
+  return jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * x.shape[-1])
+
+
+def _out_hw(x, w, strides, padding):
+  """(oh, ow) of a conv of NHWC x by HWIO w with these strides and explicit padding."""
+  return tuple((x.shape[1 + i] + sum(padding[i]) - w.shape[i]) // strides[i] + 1 for i in (0, 1))
+
+
+def _strided_forward(x, w, b, strides, padding, precision):
+  if x.shape[-1] < IM2COL_MIN_CHANNELS:
+    return winograd.direct(x, w, strides, padding, precision, b)
+  oh, ow = _out_hw(x, w, strides, padding)
+  patches = _patches(x, w.shape[:2], strides, padding, (oh, ow))
+  y = jax.lax.dot_general(patches, w.reshape(-1, w.shape[-1]), (((1,), (0,)), ((), ())),
+                          precision=precision).reshape(x.shape[0], oh, ow, w.shape[-1])
+  return y if b is None else y + b
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _strided_3x3(x, w, b, strides, padding, precision):
-  """XLA's strided 3x3 conv, its weight gradient one im2col matmul that reads x in place."""
-  return winograd.direct(x, w, strides, padding, precision, b)
+  """XLA's strided 3x3 conv, its weight gradient one im2col matmul that reads x in place (its
+  forward and input gradient too, from many channels)."""
+  return _strided_forward(x, w, b, strides, padding, precision)
 
 
 def _strided_3x3_fwd(x, w, b, strides, padding, precision):
-  return winograd.direct(x, w, strides, padding, precision, b), (x, w, b)
+  return _strided_forward(x, w, b, strides, padding, precision), (x, w, b)
 
 
 def _strided_3x3_bwd(strides, padding, precision, residuals, g):
   # XLA:CPU's weight-gradient kernel reads x channel-major: a transposed copy that recomputes x's
   # fused producers with strided reads (TDN: conv1 -> BN -> ReLU -> mSE -> shift, 187 ms at res3
-  # for 2 clips). The nine strided taps of x, side by side, are a matmul operand read row-wise.
+  # for 2 clips; AK-Net's auxiliary head: 184 ms). The taps side by side are read row-wise.
   x, w, b = residuals
-  (kh, kw), (sh, sw), (oh, ow) = w.shape[:2], strides, g.shape[1:3]
-  xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
-  taps = [xp[:, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]
-          for u in range(kh) for v in range(kw)]
-  patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * x.shape[-1])
+  patches = lambda x: _patches(x, w.shape[:2], strides, padding, g.shape[1:3])
   g2 = g.reshape(-1, g.shape[-1])
-  dw = jax.lax.dot_general(patches, g2, (((0,), (0,)), ((), ())), precision=precision)
-  _, vjp_x = jax.vjp(lambda x: winograd.direct(x, w, strides, padding, precision), x)
-  return vjp_x(g)[0], dw.reshape(w.shape), _bias_grad(g2, b)
+  w2 = w.reshape(-1, w.shape[-1])
+  dw = jax.lax.dot_general(patches(x), g2, (((0,), (0,)), ((), ())), precision=precision)
+  if x.shape[-1] >= IM2COL_MIN_CHANNELS:
+    # g @ w^T gives each tap's input gradient; the taps' transpose adds them back in place.
+    d_patches = jax.lax.dot_general(g2, w2, (((1,), (1,)), ((), ())), precision=precision)
+    dx = jax.vjp(patches, x)[1](d_patches)[0]
+  else:
+    dx = jax.vjp(lambda x: winograd.direct(x, w, strides, padding, precision), x)[1](g)[0]
+  return dx, dw.reshape(w.shape), _bias_grad(g2, b)
 
 
 _strided_3x3.defvjp(_strided_3x3_fwd, _strided_3x3_bwd)
