@@ -211,3 +211,21 @@ def test_old_aknet_checkpoint_loads_converted_and_cannot_be_resumed(tmp_path):
                              atol=1e-6)
   np.testing.assert_array_equal(np.asarray(loaded["params"]["transform"]["fc3"]["kernel"]),
                                 np.asarray(fc3["kernel"]))
+
+
+@pytest.mark.parametrize("lead", [(1,), (3,), (2, 2)])
+def test_wide_dense_equals_flax_dense_with_gradients(lead):
+  """fc3's layer (`models.wide_dense.WideDense`, its input gradient a read of the kernel's rows on
+  CPU) has nn.Dense's variables, values and gradients, for one row (a matvec) and several."""
+  from aknet_jax.models.wide_dense import WideDense
+  z = jax.random.normal(jax.random.key(1), lead + (16,))
+  ref, ours = nn.Dense(3000), WideDense(3000)
+  v = ref.init(jax.random.key(0), z)
+  v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
+  assert jax.tree.structure(ours.init(jax.random.key(0), z)) == jax.tree.structure(v)
+  np.testing.assert_allclose(ours.apply(v, z), ref.apply(v, z), rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(jax.random.key(3), lead + (3000,))
+  (gv, gz), (rv, rz) = (jax.vjp(m.apply, v, z)[1](g) for m in (ours, ref))
+  np.testing.assert_allclose(gz, rz, rtol=1e-5, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from aknet_jax.models import conv as conv_lib
+from aknet_jax.models import wide_dense
 from aknet_jax.models.batch_norm import norm_layer
 
 MODES = ("full", "lowrank", "none")
@@ -47,8 +48,9 @@ class TransformNet(nn.Module):
     z = nn.relu(norm(name="bn4")(dense(512, name="fc1")(z)))
     z = nn.relu(norm(name="bn5")(dense(256, name="fc2")(z)))
     if self.mode == "full":
-      f = dense(c3 * c3, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
-                name="fc3")(z).reshape(-1, c3, c3)
+      f = wide_dense.WideDense(c3 * c3, kernel_init=nn.initializers.zeros,
+                               bias_init=nn.initializers.zeros, dtype=self.dtype,
+                               name="fc3")(z).reshape(-1, c3, c3)
       return p[..., :c] + jnp.einsum("bnk,bkc->bnc", p, f[:, :, :c])
     u = dense(c3 * self.rank, name="fc_u")(z).reshape(-1, c3, self.rank)
     v = dense(c3 * self.rank, kernel_init=nn.initializers.zeros,
