@@ -52,7 +52,7 @@ class TransformNet(nn.Module):
                                bias_init=nn.initializers.zeros, dtype=self.dtype,
                                name="fc3")(z).reshape(-1, c3, c3)
       return p[..., :c] + jnp.einsum("bnk,bkc->bnc", p, f[:, :, :c])
-    u = dense(c3 * self.rank, name="fc_u")(z).reshape(-1, c3, self.rank)
-    v = dense(c3 * self.rank, kernel_init=nn.initializers.zeros,
-              name="fc_v")(z).reshape(-1, c3, self.rank)
+    wide = functools.partial(wide_dense.WideDense, c3 * self.rank, dtype=self.dtype)
+    u = wide(name="fc_u")(z).reshape(-1, c3, self.rank)
+    v = wide(kernel_init=nn.initializers.zeros, name="fc_v")(z).reshape(-1, c3, self.rank)
     return p[..., :c] + jnp.einsum("bnr,bcr->bnc", jnp.einsum("bnk,bkr->bnr", p, u), v[:, :c])
