@@ -144,18 +144,31 @@ def train_step_runner(config: ml_collections.ConfigDict, kind: str, batch: int,
   return run, flops
 
 
-def profile_train_step(config: ml_collections.ConfigDict, kind: str, batch: int, *,
-                       reps: int = 3, warmup: int = 1) -> dict:
-  """Clips/s of the pmapped training step (one device), its flops and, on known chips, MFU."""
-  run, flops = train_step_runner(config, kind, batch)
-  seconds = time_interleaved({"train": run}, reps, warmup)["train"]
-  lat = latency_stats(seconds)
-  achieved = flops / (lat["median"] / 1e3) / 1e12
+def profile_train_steps(entries: list[tuple], batch: int, *, reps: int = 3,
+                        warmup: int = 1) -> list[dict]:
+  """Clips/s of each (config, kind)'s pmapped training step (one device), its flops and, on known
+  chips, MFU; the models run in interleaved rounds (one step each per round), so the entries after
+  the first also carry `step_ratio_paired`, the median per-round ratio to the first's step."""
+  runs, flops = {}, {}
+  for i, (config, kind) in enumerate(entries):
+    runs[i], flops[i] = train_step_runner(config, kind, batch)
+  seconds = time_interleaved(runs, reps, warmup)
   peak = peak_tflops()
-  return {"batch": batch, "step_ms": lat, "clips_per_s": batch / (lat["median"] / 1e3),
-          "tflops_per_step": flops / 1e12, "tflops_per_s": achieved,
-          "bf16": bool(config.half_precision),
-          "mfu": achieved / peak if peak and config.half_precision else None}
+  out = []
+  for i, (config, kind) in enumerate(entries):
+    lat = latency_stats(seconds[i])
+    achieved = flops[i] / (lat["median"] / 1e3) / 1e12
+    entry = {"name": model_name(config, kind), "batch": batch, "step_ms": lat,
+             "samples_ms": [1e3 * t for t in seconds[i]],
+             "clips_per_s": batch / (lat["median"] / 1e3),
+             "tflops_per_step": flops[i] / 1e12, "tflops_per_s": achieved,
+             "bf16": bool(config.half_precision),
+             "mfu": achieved / peak if peak and config.half_precision else None}
+    if i:
+      entry["step_ratio_paired"] = statistics.median(
+          a / b for a, b in zip(seconds[i], seconds[0]))
+    out.append(entry)
+  return out
 
 
 def aknet_parts(config: ml_collections.ConfigDict, variables: dict, batch: int, *,

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aknet_jax import cli, config as config_lib, models, workdir as workdir_lib
-from aknet_jax.cost import (aknet_parts, model_name, profile_inference, profile_train_step,
+from aknet_jax.cost import (aknet_parts, model_name, profile_inference, profile_train_steps,
                             ratios)
 from aknet_jax.timing import device_name, random_variables
 
@@ -70,12 +70,8 @@ def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, war
             ak, v, b, reps=reps, warmup=warmup, baseline=(*base, variables[0]))
   del variables
   if train_batch > 0:
-    for cfg, kind in [base] + aks:
-      logging.info("Timing the training step of %s at batch %d", model_name(cfg, kind),
-                   train_batch)
-      entry = profile_train_step(cfg, kind, train_batch, reps=train_reps, warmup=1)
-      entry["name"] = model_name(cfg, kind)
-      report["train"].append(entry)
+    logging.info("Timing the training steps at batch %d, interleaved", train_batch)
+    report["train"] = profile_train_steps([base] + aks, train_batch, reps=train_reps, warmup=1)
   return report
 
 
@@ -102,14 +98,19 @@ def format_report(report: dict) -> str:
                  f"{r['latency_ratio_paired'] - r['macs_ratio']:+.3f} | "
                  f"{r['latency_ratio']:.3f} | {r['latency_ratio_of_min']:.3f} |")
   if report["train"]:
-    lines += ["", "| training step | batch | step median (ms) | clips/s | TFLOP/step | TFLOP/s "
-              "| MFU |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "Training steps, the models in interleaved rounds (ratio, paired: median over "
+              "rounds of the per-round ratio to the baseline's step):", "",
+              "| training step | batch | step median (ms) | min | max | ratio, paired | clips/s "
+              "| TFLOP/step | TFLOP/s | MFU |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in report["train"]:
       mfu = f"{100 * t['mfu']:.1f} %" if t["mfu"] is not None else "—"
+      ratio = f"{t['step_ratio_paired']:.3f}" if "step_ratio_paired" in t else "—"
+      lat = t["step_ms"]
       lines.append(f"| {t['name']}{' (bf16)' if t['bf16'] else ''} | {t['batch']} | "
-                   f"{t['step_ms']['median']:.0f} | {t['clips_per_s']:.2f} | "
-                   f"{t['tflops_per_step']:.3g} | {t['tflops_per_s']:.3g} | {mfu} |")
+                   f"{lat['median']:.0f} | {lat['min']:.0f} | {lat['max']:.0f} | {ratio} | "
+                   f"{t['clips_per_s']:.2f} | {t['tflops_per_step']:.3g} | "
+                   f"{t['tflops_per_s']:.3g} | {mfu} |")
   for key, parts in report["parts"].items():
     lines += ["", f"Parts of {key} (each jitted alone, median ms; chained pieces vs "
               f"the whole model: logits differ by {parts['logits_rel_diff']:.1e} relative):", "",
@@ -131,7 +132,7 @@ def define_flags():
   flags.DEFINE_integer("warmup", 1, "Untimed calls per model before timing (after compilation).")
   flags.DEFINE_integer("train_batch", -1,
                        "Training-step batch (-1 = the largest --batch, 0 = skip).")
-  flags.DEFINE_integer("train_reps", 3, "Timed training steps per model.")
+  flags.DEFINE_integer("train_reps", 5, "Timed training steps per model (interleaved rounds).")
   flags.DEFINE_bool("parts", False, "Also time AK-Net piece by piece (where does the time go).")
   flags.DEFINE_list("transform_modes", [], "AK-Net transform modes to time against the baseline "
                     "in the same rounds (default: the config's).")

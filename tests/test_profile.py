@@ -46,9 +46,14 @@ def test_cli_writes_the_json_report_with_both_models_per_batch(tmp_path):
   assert "| TSM | 2 |" in res.stdout and "latency ratio" in res.stdout
 
 
-def test_train_step_throughput_entry():
+def test_train_step_throughput_entries_in_interleaved_rounds():
   cfg = load_config("synthetic", "tiny,backbone=tsn")
-  entry = cost.profile_train_step(cfg, "video_net", 2, reps=2)
+  ak = load_config("synthetic", "tiny,backbone=tsn,stage=2")
+  entry, ak_entry = cost.profile_train_steps([(cfg, "video_net"), (ak, "aknet")], 2, reps=2)
+  assert entry["name"] == "TSN" and ak_entry["name"].startswith("AK-Net-TSN")
+  assert "step_ratio_paired" not in entry
+  per_round = [a / b for a, b in zip(ak_entry["samples_ms"], entry["samples_ms"])]
+  assert len(per_round) == 2 and math.isclose(ak_entry["step_ratio_paired"], np.median(per_round))
   assert entry["batch"] == 2 and entry["bf16"] is False and entry["mfu"] is None  # CPU: no peak.
   lat = entry["step_ms"]
   assert 0 < lat["min"] <= lat["median"] <= lat["max"]
