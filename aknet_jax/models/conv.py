@@ -110,6 +110,7 @@ def _out_hw(x, w, strides, padding):
 
 
 def _strided_forward(x, w, b, strides, padding, precision):
+  """XLA's strided conv (+ b), or from `IM2COL_MIN_CHANNELS` one matmul over the patches."""
   if x.shape[-1] < IM2COL_MIN_CHANNELS:
     return winograd.direct(x, w, strides, padding, precision, b)
   oh, ow = _out_hw(x, w, strides, padding)

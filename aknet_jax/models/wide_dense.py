@@ -11,8 +11,6 @@ as `nn.Dense`; other platforms run its own gradient.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,8 +21,9 @@ def _input_grad(g, w):
   """g (B, M) @ w (K, M)^T -> (B, K), reading w row by row."""
   if g.shape[0] == 1:
     # XLA fuses the broadcast form for one row into a pass per output element (760 ms): a matvec.
-    return jax.lax.dot_general(w, g[0], (((1,), (0,)), ((), ())))[None]
-  return jnp.sum(w[None] * g[:, None], axis=-1)
+    return jax.lax.dot_general(w, g[0], (((1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)[None]
+  return jnp.sum(w[None] * g[:, None], axis=-1, dtype=jnp.float32)  # 1 M terms: f32 sums.
 
 
 @jax.custom_vjp
@@ -52,6 +51,8 @@ class WideDense(nn.Dense):
 
   @nn.compact
   def __call__(self, inputs):
+    if not self.use_bias:
+      raise ValueError("WideDense needs use_bias=True (nn.Dense's default); use nn.Dense without one")
     kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
                         self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
