@@ -138,11 +138,11 @@ def _strided_3x3_bwd(strides, padding, precision, residuals, g):
   x, w, b = residuals
   patches = lambda x: _patches(x, w.shape[:2], strides, padding, g.shape[1:3])
   g2 = g.reshape(-1, g.shape[-1])
-  w2 = w.reshape(-1, w.shape[-1])
   dw = jax.lax.dot_general(patches(x), g2, (((0,), (0,)), ((), ())), precision=precision)
   if x.shape[-1] >= IM2COL_MIN_CHANNELS:
     # g @ w^T gives each tap's input gradient; the taps' transpose adds them back in place.
-    d_patches = jax.lax.dot_general(g2, w2, (((1,), (1,)), ((), ())), precision=precision)
+    d_patches = jax.lax.dot_general(g2, w.reshape(-1, w.shape[-1]), (((1,), (1,)), ((), ())),
+                                    precision=precision)
     dx = jax.vjp(patches, x)[1](d_patches)[0]
   else:
     dx = jax.vjp(lambda x: winograd.direct(x, w, strides, padding, precision), x)[1](g)[0]

@@ -26,10 +26,12 @@ def _input_grad(g, w):
   return jnp.sum(w[None] * g[:, None], axis=-1, dtype=jnp.float32)  # 1 M terms: f32 sums.
 
 
-@jax.custom_vjp
-def _wide_dense(z, w, b):
+def _affine(z, w, b):
   """z (B, K) @ w (K, M) + b (M,)."""
   return jnp.dot(z, w) + b
+
+
+_wide_dense = jax.custom_vjp(_affine)
 
 
 def _wide_dense_fwd(z, w, b):
@@ -59,6 +61,5 @@ class WideDense(nn.Dense):
     inputs, kernel, bias = dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     lead = inputs.shape[:-1]
     z = inputs.reshape(-1, inputs.shape[-1])
-    plain = lambda z, w, b: jnp.dot(z, w) + b
-    y = jax.lax.platform_dependent(z, kernel, bias, cpu=_wide_dense, default=plain)
+    y = jax.lax.platform_dependent(z, kernel, bias, cpu=_wide_dense, default=_affine)
     return y.reshape(lead + (self.features,))
