@@ -229,3 +229,5 @@ def test_wide_dense_equals_flax_dense_with_gradients(lead):
   np.testing.assert_allclose(gz, rz, rtol=1e-5, atol=1e-4)
   for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="WideDense needs use_bias=True"):
+    WideDense(3000, use_bias=False).init(jax.random.key(0), z)

@@ -162,8 +162,9 @@ def _strided_conv(x, w, b, strides, padding, precision):
 
 
 class Conv(nn.Conv):
-  """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd and strided 3x3 weight
-  gradients as im2col on CPU (no dilation, groups or masks on these paths)."""
+  """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd and strided 3x3 ones via
+  im2col (the weight gradient; from 512 channels all of it) on CPU (no dilation, groups or masks
+  on these paths)."""
 
   @nn.compact
   def __call__(self, inputs):
