@@ -51,3 +51,13 @@ def test_shift_does_not_mix_clips_and_gradient_is_the_adjoint():
 def test_shift_rejects_partial_clips():
   with pytest.raises(ValueError, match="num_segments"):
     temporal_shift(jnp.zeros((6, 2, 2, 8)), 4, 8)
+
+
+def test_shift_compiles_to_one_select_pass_without_concatenation():
+  # As a channel concatenation XLA:CPU copied the input twice; the select form copies it once.
+  x = jnp.zeros((2 * 4, 3, 3, 16))
+  fwd = jax.jit(temporal_shift, static_argnums=(1, 2)).lower(x, 4, 8).compile().as_text()
+  bwd = jax.jit(jax.grad(lambda v: jnp.sum(temporal_shift(v, 4, 8) * v))).lower(x).compile()
+  for text in (fwd, bwd.as_text()):
+    assert "concatenate(" not in text
+    assert "select(" in text
