@@ -26,10 +26,11 @@ import numpy as np
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
 
 # Below these sizes XLA:CPU's direct kernel wins or ties (`python -m aknet_jax.conv_bench`,
-# docs/benchmarks.md): with 16-32 channels the 16 matmuls are too thin; with 784 tiles (16 frames
-# at 14x14) or fewer, too short.
+# docs/benchmarks.md): with 16-32 channels the 16 matmuls are too thin; with 392 tiles (8 frames
+# at 14x14) or fewer, too short (forward + backward 28.9 vs 29.0 ms). At 784 tiles (16 frames at
+# 14x14, res4 of a 2-clip training step) Winograd's forward + backward is 45 ms against 58.
 MIN_CHANNELS = 64
-MIN_TILES = 1024
+MIN_TILES = 512
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _DIRECT = contextvars.ContextVar("aknet_winograd_direct", default=False)
