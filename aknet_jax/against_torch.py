@@ -56,7 +56,7 @@ def _comparable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batch: int = 2,
-            reps: int = 5, warmup: int = 1) -> dict:
+            reps: int = 5, warmup: int = 1, train_warmup: int = 3) -> dict:
   """{'inference': [...], 'train': {...}, 'environment': {...}} with per-round ratios."""
   cfg = _comparable(config)
   torch, model = _torch_model(cfg)
@@ -127,8 +127,9 @@ def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batc
     calls = {"jax": run_jax, "torch": torch_step}
     if str(cfg.stage) == "2":  # Stage 2 also times AK-Net's step (random weights) in the rounds.
       calls["aknet"] = cost.train_step_runner(cfg, "aknet", train_batch)[0]
-    times = time_interleaved(calls, reps, warmup)
-    train = dict(_ratios(times), batch=train_batch, tflops_per_step=flops / 1e12)
+    times = time_interleaved(calls, reps, train_warmup)
+    train = dict(_ratios(times), batch=train_batch, tflops_per_step=flops / 1e12,
+                 warmup_rounds=train_warmup)
     if "aknet" in times:
       per_round = [a / t for a, t in zip(times["aknet"], times["torch"])]
       train["aknet"] = {"name": cost.model_name(cfg, "aknet"),
@@ -189,7 +190,8 @@ def format_report(report: dict) -> str:
   if t:
     mfu = lambda side: (f", MFU {100 * t[f'{side}_mfu']:.1f} %"  # noqa: E731
                         if t.get(f"{side}_mfu") is not None else "")
-    lines.append(f"Training step: {t['tflops_per_step']:.3g} TFLOP (XLA's HLO count); JAX "
+    lines.append(f"Training step ({t.get('warmup_rounds', 1)} untimed rounds first): "
+                 f"{t['tflops_per_step']:.3g} TFLOP (XLA's HLO count); JAX "
                  f"{t['batch'] / t['jax_ms']['median'] * 1e3:.1f} clips/s, "
                  f"{t['jax_tflops_per_s']:.3g} TFLOP/s{mfu('jax')}; torch "
                  f"{t['batch'] / t['torch_ms']['median'] * 1e3:.1f} clips/s, "

@@ -12,8 +12,9 @@ from aknet_jax import against_torch  # noqa: E402
 
 def test_same_weights_same_logits_and_per_round_ratios():
   cfg = load_config("synthetic", "tiny,width=64,segments=2,backbone=tsm")
-  report = against_torch.compare(cfg, [1, 2], train_batch=2, reps=2, warmup=1)
+  report = against_torch.compare(cfg, [1, 2], train_batch=2, reps=2, warmup=1, train_warmup=2)
   assert [r["batch"] for r in report["inference"]] == [1, 2]
+  assert report["train"]["warmup_rounds"] == 2
   for r in report["inference"] + [report["train"]]:
     assert len(r["ratios"]) == 2 and all(x > 0 for x in r["ratios"])
     assert min(r["ratios"]) <= r["ratio_median"] <= max(r["ratios"])
@@ -24,6 +25,7 @@ def test_same_weights_same_logits_and_per_round_ratios():
   assert env["host_malloc"]  # Both sides share the process's allocator: the report says which.
   text = against_torch.format_report(report)
   assert "| training step | 2 |" in text and "load average" in text
+  assert "Training step (2 untimed rounds first)" in text
   assert f"both sides (one process) with {env['host_malloc']}" in text
 
 
