@@ -23,7 +23,8 @@ import numpy as np
 from aknet_jax import cost
 from aknet_jax import host_memory
 from aknet_jax.checkpoints import torch_layout
-from aknet_jax.timing import device_name, latency_stats, peak_tflops, time_interleaved
+from aknet_jax.timing import (TRAIN_WARMUP, device_name, latency_stats, peak_tflops,
+                              time_interleaved)
 
 
 def _torch_model(config: ml_collections.ConfigDict):
@@ -56,7 +57,7 @@ def _comparable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batch: int = 2,
-            reps: int = 5, warmup: int = 1, train_warmup: int = 3) -> dict:
+            reps: int = 5, warmup: int = 1, train_warmup: int = TRAIN_WARMUP) -> dict:
   """{'inference': [...], 'train': {...}, 'environment': {...}} with per-round ratios."""
   cfg = _comparable(config)
   torch, model = _torch_model(cfg)

@@ -21,13 +21,7 @@ from ml_collections import config_flags
 from aknet_jax import cli, config as config_lib, models, workdir as workdir_lib
 from aknet_jax.cost import (aknet_parts, model_name, profile_inference, profile_train_steps,
                             ratios)
-from aknet_jax.timing import device_name, random_variables
-
-
-# Untimed training rounds before timing. A CPU process's first steps fault its buffers in
-# (TDN-R50 beside torch, keeping freed memory: 0.9 M, 0.7 M, 0.1 M minor faults, then none) and
-# ran up to 1.47x the steady step that every later step of a run takes.
-TRAIN_WARMUP = 3
+from aknet_jax.timing import TRAIN_WARMUP, device_name, random_variables
 
 
 def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, warmup: int,

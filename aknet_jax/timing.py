@@ -59,6 +59,12 @@ def latency_stats(seconds: list[float]) -> dict:
   return {"median": statistics.median(ms), "min": min(ms), "max": max(ms)}
 
 
+# Untimed training rounds before timing steps. A CPU process's first steps fault its buffers in
+# (TDN-R50 beside torch, keeping freed memory: 0.9 M, 0.7 M, 0.1 M minor faults, then none) and
+# ran up to 1.47x the steady step that every later step of a run takes.
+TRAIN_WARMUP = 3
+
+
 def time_interleaved(calls: dict[str, Callable[[], object]], reps: int,
                      warmup: int = 1) -> dict[str, list[float]]:
   """Seconds per call of each zero-argument function, in `reps` rounds that run each once.
