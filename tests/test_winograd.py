@@ -74,6 +74,27 @@ def test_conv_module_takes_winograd_and_equals_flax_conv():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
+def test_narrow_layer_runs_winograd_forward_and_xla_backward():
+  """TEA's 52-channel Res2Net split (8 frames of 28x28: 1568 tiles) runs its forward as Winograd
+  and its gradients as XLA's convolution (Winograd's tile contraction into 52 x 52 is the slower
+  one there), with nn.Conv's values and gradients (fp32, 1e-5)."""
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 52))
+  ours = Conv(52, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+  ref = nn.Conv(52, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+  v = ref.init(jax.random.key(0), x)
+  assert "convolution" not in jax.jit(ours.apply).lower(v, x).as_text()
+  w = jax.random.normal(jax.random.key(3), x.shape)
+  grad = lambda m: jax.grad(lambda v, x: jnp.sum(m.apply(v, x) * w), argnums=(0, 1))
+  hlo = jax.jit(grad(ours)).lower(v, x).as_text()
+  assert hlo.count("convolution(") == 2  # The input and the weight gradient; no forward conv.
+  yr = ref.apply(v, x)
+  np.testing.assert_allclose(ours.apply(v, x), yr, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(yr))))
+  (gv, gx), (rv, rx) = jax.jit(grad(ours))(v, x), jax.jit(grad(ref))(v, x)
+  np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(rx))))
+  np.testing.assert_allclose(gv["params"]["kernel"], rv["params"]["kernel"], rtol=1e-5,
+                             atol=1e-5 * float(jnp.max(jnp.abs(rv["params"]["kernel"]))))
+
+
 @pytest.mark.parametrize("shape,features,expected", [
     ((8, 56, 56, 64), 64, True),      # ResNet-50 res2 at one clip of 8 frames.
     ((8, 28, 28, 128), 128, True),    # res3 at one clip: 1568 tiles.
@@ -83,6 +104,11 @@ def test_conv_module_takes_winograd_and_equals_flax_conv():
     ((16, 7, 7, 512), 512, False),    # res5: odd sides.
     ((16, 56, 56, 16), 16, False),    # TDN's mSE convs at 1/16 of the channels.
     ((64, 14, 14, 64), 32, False),
+    ((8, 56, 56, 26), 26, True),      # TEA's res2 splits: 6272 tiles, fwd + bwd 0.71x of XLA's.
+    ((8, 28, 28, 52), 52, True),      # TEA's res3 splits: 1568 tiles, 0.61x.
+    ((4, 28, 28, 52), 52, False),     # 784 tiles of a narrow layer: too short.
+    ((16, 56, 56, 32), 32, False),    # XLA's kernel wins at a multiple of 32 (Winograd 1.23x).
+    ((8, 14, 14, 104), 104, False),   # TEA's res4 splits at one clip: 392 tiles.
 ])
 def test_applies_where_measured_faster(shape, features, expected):
   assert winograd.applies(shape, features, jnp.float32) is expected

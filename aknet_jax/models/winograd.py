@@ -7,6 +7,7 @@ multiplies than direct convolution, as matmuls over the channels. XLA:CPU's own 
 3x3 layers in 0.5-0.9x of XLA's time, forward and backward, where it applies. The backward is
 written out: the input gradient is the same transform applied to g with the flipped kernel, and
 the weight gradient contracts the transformed input and output gradient over tiles, in place.
+Narrow layers (24-63 channels, TEA's Res2Net splits) run only their forward this way.
 Other platforms run `lax.conv_general_dilated` unchanged (cuDNN and the TPU pick their own
 algorithms).
 """
@@ -31,6 +32,12 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 # 14x14, res4 of a 2-clip training step) Winograd's forward + backward is 45 ms against 58.
 MIN_CHANNELS = 64
 MIN_TILES = 512
+# Narrower layers from THIN_MIN_TILES tiles, where XLA's kernel runs them slowly: TEA's Res2Net
+# splits (26 channels at 56x56, 52 at 28x28) forward in 0.66-0.75x of its time (their backward
+# stays XLA's, `conv3x3`). At multiples of 32 channels XLA's kernel ties or wins (56x56x32,
+# 16 frames: Winograd 1.05x forward, 1.23x forward + backward).
+THIN_MIN_CHANNELS = 24
+THIN_MIN_TILES = 1568
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _DIRECT = contextvars.ContextVar("aknet_winograd_direct", default=False)
@@ -66,8 +73,12 @@ def applies(input_shape, features: int, dtype) -> bool:
   if len(input_shape) != 4 or jnp.dtype(dtype) != jnp.float32:
     return False
   n, h, w, c = input_shape
-  return (h % 2 == 0 and w % 2 == 0 and min(c, features) >= MIN_CHANNELS
-          and n * h * w // 4 >= MIN_TILES)
+  if h % 2 or w % 2:
+    return False
+  narrow, tiles = min(c, features), n * h * w // 4
+  if narrow >= MIN_CHANNELS:
+    return tiles >= MIN_TILES
+  return narrow >= THIN_MIN_CHANNELS and narrow % 32 != 0 and tiles >= THIN_MIN_TILES
 
 
 def _input_transform(x):
@@ -107,21 +118,24 @@ def _forward(x, w, precision):
   return jnp.stack(y, axis=2).reshape(n, h, wd, k)  # (N, TY, 2, TX, 2, K) interleaved.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _winograd(x, w, b, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _winograd(x, w, b, precision, direct_backward=False):
   y = _forward(x, w, precision)
   return y if b is None else y + b
 
 
-def _winograd_fwd(x, w, b, precision):
+def _winograd_fwd(x, w, b, precision, direct_backward=False):
   # Same residuals as a direct conv: x, not its tiles.
-  return _winograd(x, w, b, precision), (x, w, b)
+  return _winograd(x, w, b, precision, direct_backward), (x, w, b)
 
 
-def _winograd_bwd(precision, residuals, g):
+def _winograd_bwd(precision, direct_backward, residuals, g):
   x, w, b = residuals
   n, h, wd, _ = x.shape
   k = w.shape[-1]
+  if direct_backward:
+    dx, dw = jax.vjp(lambda x, w: direct(x, w, precision=precision), x, w)[1](g)
+    return dx, dw, None if b is None else sum_rows(g.reshape(-1, k)).astype(b.dtype)
   # A stride-1 'same' 3x3 conv's input gradient is the same conv of g with the kernel flipped in
   # space and its channel axes swapped.
   dx = _forward(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), precision)
@@ -149,5 +163,8 @@ def conv3x3(x, w, b=None, precision=None):
   xla = lambda x, w, b: direct(x, w, precision=precision, bias=b)
   if in_direct_form():
     return xla(x, w, b)
-  return jax.lax.platform_dependent(x, w, b, cpu=lambda x, w, b: _winograd(x, w, b, precision),
-                                    default=xla)
+  # Narrow layers: Winograd's weight gradient (a contraction over tiles into C x K = 26 x 26
+  # per tile position) runs slower than XLA's in a training step, so only the forward is.
+  thin = min(x.shape[-1], w.shape[-1]) < MIN_CHANNELS
+  return jax.lax.platform_dependent(
+      x, w, b, cpu=lambda x, w, b: _winograd(x, w, b, precision, thin), default=xla)
