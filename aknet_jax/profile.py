@@ -13,6 +13,8 @@ accelerator the training step also reports its MFU.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import ml_collections
 from absl import app, flags, logging
@@ -26,10 +28,13 @@ from aknet_jax.timing import TRAIN_WARMUP, device_name, random_variables
 
 def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, warmup: int,
         train_batch: int, train_reps: int, parts: bool, train_warmup: int = TRAIN_WARMUP,
-        transform_modes: list[str] | None = None, point_strides: list[str] | None = None) -> dict:
+        transform_modes: list[str] | None = None, point_strides: list[str] | None = None,
+        on_phase: Callable[[dict], None] | None = None) -> dict:
   """The whole report: inference entries per batch size, train steps, AK-Net's parts.
 
   The baseline and one AK-Net per transform mode (default: the config's) are timed together.
+  `on_phase(report)` runs before the training steps: a run killed there (out of host memory with
+  several full transforms) keeps what it measured.
   """
   config_lib.validate(config)
   base = (config, workdir_lib.STAGE_KINDS["1"])
@@ -69,6 +74,8 @@ def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, war
         report["parts"][f"{name}, batch {b}"] = aknet_parts(
             ak, v, b, reps=reps, warmup=warmup, baseline=(*base, variables[0]))
   del variables
+  if on_phase is not None and train_batch > 0:
+    on_phase(report)
   if train_batch > 0:
     logging.info("Timing the training steps at batch %d, interleaved", train_batch)
     report["train"] = profile_train_steps([base] + aks, train_batch, reps=train_reps,
@@ -128,7 +135,8 @@ def define_flags():
   config_flags.DEFINE_config_file("config", "configs/synthetic.py",
                                   "Experiment config file[:string].", lock_config=True)
   flags.DEFINE_list("batch", ["1"], "Inference batch size(s), comma-separated (e.g. 1,8).")
-  flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
+  flags.DEFINE_string("json", None, "Also write the report as JSON to this file (first before the "
+                      "training steps, then complete).")
   flags.DEFINE_integer("reps", 5, "Timed calls per model and batch size (the median is reported).")
   flags.DEFINE_integer("warmup", 1, "Untimed calls per model before timing (after compilation).")
   flags.DEFINE_integer("train_batch", -1,
@@ -178,7 +186,9 @@ def main(argv):
                     train_batch=train_batch, train_reps=FLAGS.train_reps, parts=FLAGS.parts,
                     train_warmup=FLAGS.train_warmup,
                     transform_modes=FLAGS.transform_modes or None,
-                    point_strides=FLAGS.point_strides or None)
+                    point_strides=FLAGS.point_strides or None,
+                    on_phase=(lambda r: cli.call(workdir_lib.write_json, FLAGS.json, r))
+                    if FLAGS.json else None)
   print(format_report(report))
   if FLAGS.json:
     cli.call(workdir_lib.write_json, FLAGS.json, report)

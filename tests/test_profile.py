@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from aknet_jax import cost, models, timing
 from conftest import ROOT, load_config
@@ -118,3 +119,22 @@ def test_op_profile_attributes_the_step_to_its_ops():
   assert len(report["top"]) == 5 and report["top"][0][3] >= report["top"][-1][3] > 0
   table = op_profile.format_train_ops(report)
   assert "| convolution |" in table and "| op | kind |" in table
+
+
+def test_json_report_is_written_before_the_training_steps(tmp_path, monkeypatch):
+  """A run that dies in its training phase (out of host memory: several full transforms) keeps
+  its inference figures in the --json file: `on_phase` writes them before the steps start."""
+  from aknet_jax import profile, workdir
+  out = tmp_path / "profile.json"
+
+  def killed(*args, **kwargs):
+    raise MemoryError("killed in the training phase")
+
+  monkeypatch.setattr(profile, "profile_train_steps", killed)
+  cfg = load_config("synthetic", "tiny")
+  with pytest.raises(MemoryError):
+    profile.run(cfg, [2], reps=1, warmup=0, train_batch=2, train_reps=1, parts=False,
+                on_phase=lambda r: workdir.write_json(str(out), r))
+  report = json.loads(out.read_text())
+  assert [m["batch"] for m in report["models"]] == [2, 2] and report["train"] == []
+  assert report["ratios"][0]["model"].startswith("AK-Net-TSM (")
