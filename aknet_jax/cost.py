@@ -173,41 +173,64 @@ def profile_train_steps(entries: list[tuple], batch: int, *, reps: int = 3,
 
 def aknet_parts(config: ml_collections.ConfigDict, variables: dict, batch: int, *,
                 reps: int = 5, warmup: int = 1, baseline: tuple | None = None) -> dict:
-  """Median ms of each piece of AK-Net's inference, each its own method jitted alone and fed the
-  previous piece's output: F up to the split; heatmap + top-k + gather + ranking + coordinates;
-  the transform net T; the point sub-net Q; pooling + the head. 'whole' is the full jitted model
-  (one fused program is usually a little faster than the sum). `baseline`: (config, kind,
-  variables) of the stage-1 model, timed in the same rounds.
+  """Median ms and GMACs per clip of each piece of AK-Net's inference, each its own method jitted
+  alone and fed the previous piece's output: F up to the split; heatmap + top-k + gather +
+  ranking + coordinates; the transform net T; the point sub-net Q; pooling + the head. 'whole'
+  is the full jitted model. `baseline`: (config, kind, variables) of the stage-1 model, timed in
+  the same rounds; then 'shares' gives each piece's time and MACs as fractions of the baseline's
+  (time: median of per-round ratios), with the baseline after the split (its stages past F and
+  its head: what AK-Net replaces) by difference. A piece whose time share exceeds its MACs share
+  runs slower per MAC than the baseline as a whole.
 
-  Returns {'ms': {piece: median ms}, 'logits_rel_diff': max |chained - whole| / max |whole|}.
+  Returns {'ms', 'gmacs', 'shares' (with a baseline), 'logits_rel_diff': max |chained - whole| /
+  max |whole|}.
   """
   model = models.build(config, "aknet")
 
   def method(fn):
-    return jax.jit(lambda *args: model.apply(variables, *args, method=fn))
+    return lambda v, *args: model.apply(v, *args, method=fn)
 
-  f_split, select = method(AKNet.features), method(AKNet.select_keypoints)
-  transform_fn, q_fn, head_fn = (method(AKNet.transform_points), method(AKNet.point_features),
-                                 method(AKNet.classify))
+  applies = {"F": method(AKNet.features), "select": method(AKNet.select_keypoints),
+             "T": method(AKNet.transform_points), "Q": method(AKNet.point_features),
+             "head": method(AKNet.classify)}
+  fns = {k: jax.jit(f) for k, f in applies.items()}
   frames = random_frames(config, batch)
-  x = f_split(frames)
-  pts, coords, _, _ = select(x)
-  pt = transform_fn(pts, coords)
-  q = q_fn(pt)
+  x = fns["F"](variables, frames)
+  pts, coords, _, _ = fns["select"](variables, x)
+  pt = fns["T"](variables, pts, coords)
+  q = fns["Q"](variables, pt)
   whole = inference_fn(config, "aknet")
   reference = whole(variables, frames)
-  diff = float(jnp.max(jnp.abs(head_fn(x, q) - reference)) / jnp.max(jnp.abs(reference)))
-  calls = {"F (backbone to split; the baseline runs the same)": lambda: f_split(frames),
-           "heatmap + top-k + gather + rank": lambda: select(x),
-           "transform T": lambda: transform_fn(pts, coords),
-           "point sub-net Q": lambda: q_fn(pt),
-           "pool + head": lambda: head_fn(x, q),
-           "whole (one program)": lambda: whole(variables, frames)}
+  diff = float(jnp.max(jnp.abs(fns["head"](variables, x, q) - reference))
+               / jnp.max(jnp.abs(reference)))
+  names = {"F": "F (backbone to split; the baseline runs the same)",
+           "select": "heatmap + top-k + gather + rank", "T": "transform T",
+           "Q": "point sub-net Q", "head": "pool + head"}
+  args = {"F": (frames,), "select": (x,), "T": (pts, coords), "Q": (pt,), "head": (x, q)}
+  calls = {names[k]: functools.partial(fns[k], variables, *args[k]) for k in names}
+  calls["whole (one program)"] = functools.partial(whole, variables, frames)
+  # Per clip, counted as models.gmacs counts a model (direct-form convolutions, XLA's analysis).
+  # (Unjitted: a cached trace would keep the timed program's Winograd form.)
+  gmacs = {names[k]: models.hlo_flops(applies[k], variables, *args[k]) / 2e9 / batch
+           for k in names}
+  gmacs["whole (one program)"] = models.gmacs(config, "aknet")
+  base_name = None
   if baseline is not None:
     base_cfg, base_kind, base_vars = baseline
     base_fn = inference_fn(base_cfg, base_kind)
-    calls[f"baseline {model_name(base_cfg, base_kind)} (whole)"] = lambda: base_fn(base_vars,
-                                                                                  frames)
+    base_name = f"baseline {model_name(base_cfg, base_kind)} (whole)"
+    calls[base_name] = functools.partial(base_fn, base_vars, frames)
+    gmacs[base_name] = models.gmacs(base_cfg, base_kind)
   times = time_interleaved(calls, reps, warmup)
-  return {"ms": {name: latency_stats(s)["median"] for name, s in times.items()},
-          "logits_rel_diff": diff}
+  out = {"ms": {name: latency_stats(s)["median"] for name, s in times.items()},
+         "gmacs": gmacs, "logits_rel_diff": diff}
+  if base_name is not None:
+    base_t, base_g = times[base_name], gmacs[base_name]
+    share = lambda ts: statistics.median(t / b for t, b in zip(ts, base_t))  # noqa: E731
+    out["shares"] = {name: {"time": share(times[name]), "macs": gmacs[name] / base_g}
+                     for name in list(names.values()) + ["whole (one program)"]}
+    f_times = times[names["F"]]
+    out["shares"]["baseline after the split (its time and MACs minus F's)"] = {
+        "time": share([b - f for b, f in zip(base_t, f_times)]),
+        "macs": 1.0 - gmacs[names["F"]] / base_g}
+  return out

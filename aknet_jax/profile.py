@@ -121,9 +121,22 @@ def format_report(report: dict) -> str:
                    f"{t['tflops_per_s']:.3g} | {mfu} |")
   for key, parts in report["parts"].items():
     lines += ["", f"Parts of {key} (each jitted alone, median ms; chained pieces vs "
-              f"the whole model: logits differ by {parts['logits_rel_diff']:.1e} relative):", "",
-              "| part | ms |", "|---|---:|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in parts["ms"].items()]
+              f"the whole model: logits differ by {parts['logits_rel_diff']:.1e} relative). "
+              "Shares are of the baseline's time (paired) and MACs; time share / MACs share "
+              "above 1: slower per MAC than the baseline as a whole:", "",
+              "| part | ms | GMACs per clip | time share | MACs share | time / MACs |",
+              "|---|---:|---:|---:|---:|---:|"]
+    shares = parts.get("shares", {})
+    for k in list(parts["ms"]) + [k for k in shares if k not in parts["ms"]]:
+      ms = f"{parts['ms'][k]:.1f}" if k in parts["ms"] else "—"
+      macs = f"{parts['gmacs'][k]:.3g}" if k in parts.get("gmacs", {}) else "—"
+      sh = shares.get(k)
+      if sh is None:
+        cells = "— | — | —"
+      else:  # Time per MAC says nothing for a piece with next to no MACs (selection, head).
+        per_mac = f"{sh['time'] / sh['macs']:.2f}" if sh["macs"] >= 1e-3 else "—"
+        cells = f"{sh['time']:.3f} | {sh['macs']:.3f} | {per_mac}"
+      lines.append(f"| {k} | {ms} | {macs} | {cells} |")
   return "\n".join(lines)
 
 

@@ -102,9 +102,29 @@ def test_aknet_pieces_chained_reproduce_the_whole_model():
   cfg = load_config("synthetic", "tiny,transform=full")
   # He-scaled random weights everywhere (also in T's last layer): a wrong piece shows in the logits.
   variables = timing.random_variables(models.variable_shapes(cfg, "aknet"))
-  parts = cost.aknet_parts(cfg, variables, 2, reps=1, warmup=0)
+  base_cfg = load_config("synthetic", "tiny,stage=1")
+  base_vars = timing.random_variables(models.variable_shapes(base_cfg, "video_net"), seed=1)
+  parts = cost.aknet_parts(cfg, variables, 2, reps=1, warmup=0,
+                           baseline=(base_cfg, "video_net", base_vars))
   assert parts["logits_rel_diff"] < 1e-4
-  assert len(parts["ms"]) == 6 and all(v > 0 for v in parts["ms"].values())
+  assert len(parts["ms"]) == 7 and all(v > 0 for v in parts["ms"].values())
+  # The pieces' MACs per clip add up to the whole model's, and F is the baseline's up to the split.
+  gmacs = dict(parts["gmacs"])
+  whole = gmacs.pop("whole (one program)")
+  base = gmacs.pop(next(k for k in gmacs if k.startswith("baseline ")))
+  assert math.isclose(sum(gmacs.values()), whole, rel_tol=1e-3)
+  assert whole == models.gmacs(cfg, "aknet") and base == models.gmacs(base_cfg, "video_net")
+  f = next(v for k, v in gmacs.items() if k.startswith("F "))
+  assert 0 < f < min(whole, base)
+  shares = parts["shares"]
+  rest = shares["baseline after the split (its time and MACs minus F's)"]
+  f_share = next(v for k, v in shares.items() if k.startswith("F "))
+  assert math.isclose(rest["macs"] + f_share["macs"], 1.0)
+  assert math.isclose(shares["whole (one program)"]["macs"], whole / base)
+  from aknet_jax import profile  # pylint: disable=g-import-not-at-top
+  table = profile.format_report({"device": "cpu", "models": [], "ratios": [], "train": [],
+                                 "parts": {"AK-Net-TSM, batch 2": parts}})
+  assert "| baseline after the split (its time and MACs minus F's) | — |" in table
 
 
 def test_op_profile_attributes_the_step_to_its_ops():
