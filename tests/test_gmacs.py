@@ -74,3 +74,9 @@ def test_macs_table_lists_every_row(one_block_per_stage):
   assert all(math.isfinite(float(r.split("|")[4])) for r in rows)
   assert [r.split("|")[3].strip() for r in rows] == [s or "—" for _, _, _, s in macs.ROWS]
   assert "| — |" in rows[1]  # No paper figure away from the paper's settings.
+
+
+def test_a_program_without_arithmetic_costs_zero_macs():
+  """The identity transform (transform=none) has no flops; XLA's analysis then omits the key."""
+  assert models.hlo_flops(lambda x: x, jnp.ones((3, 4))) == 0.0
+  assert models.hlo_flops(lambda x: x * 2.0, jnp.ones((3, 4))) == 12.0
