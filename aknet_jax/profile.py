@@ -33,8 +33,8 @@ def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, war
   """The whole report: inference entries per batch size, train steps, AK-Net's parts.
 
   The baseline and one AK-Net per transform mode (default: the config's) are timed together.
-  `on_phase(report)` runs before the training steps: a run killed there (out of host memory with
-  several full transforms) keeps what it measured.
+  `on_phase(report)` runs before the parts and before the training steps: a run killed in either
+  (out of host memory with several full transforms) keeps what it measured.
   """
   config_lib.validate(config)
   base = (config, workdir_lib.STAGE_KINDS["1"])
@@ -67,6 +67,8 @@ def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, war
     report["models"].extend(entries)
     report["ratios"].extend(ratios(entries[0], e) for e in entries[1:])
   if parts:
+    if on_phase is not None:
+      on_phase(report)
     for b in batches:
       for (ak, _), v in zip(aks, variables[1:]):
         name = model_name(ak, "aknet")

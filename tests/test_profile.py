@@ -141,19 +141,21 @@ def test_op_profile_attributes_the_step_to_its_ops():
   assert "| convolution |" in table and "| op | kind |" in table
 
 
-def test_json_report_is_written_before_the_training_steps(tmp_path, monkeypatch):
-  """A run that dies in its training phase (out of host memory: several full transforms) keeps
-  its inference figures in the --json file: `on_phase` writes them before the steps start."""
+@pytest.mark.parametrize("phase", ["aknet_parts", "profile_train_steps"])
+def test_json_report_is_written_before_the_parts_and_the_training_steps(tmp_path, monkeypatch,
+                                                                        phase):
+  """A run that dies timing the parts or the training steps (out of host memory: several full
+  transforms) keeps its inference figures in the --json file: `on_phase` writes them first."""
   from aknet_jax import profile, workdir
   out = tmp_path / "profile.json"
 
   def killed(*args, **kwargs):
-    raise MemoryError("killed in the training phase")
+    raise MemoryError(f"killed in {phase}")
 
-  monkeypatch.setattr(profile, "profile_train_steps", killed)
+  monkeypatch.setattr(profile, phase, killed)
   cfg = load_config("synthetic", "tiny")
   with pytest.raises(MemoryError):
-    profile.run(cfg, [2], reps=1, warmup=0, train_batch=2, train_reps=1, parts=False,
+    profile.run(cfg, [2], reps=1, warmup=0, train_batch=2, train_reps=1, parts=True,
                 on_phase=lambda r: workdir.write_json(str(out), r))
   report = json.loads(out.read_text())
   assert [m["batch"] for m in report["models"]] == [2, 2] and report["train"] == []
