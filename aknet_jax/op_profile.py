@@ -2,11 +2,13 @@
 grouped by what each fused op computes (convolution, dot, reduce, transpose, elementwise, ...).
 
 `python -m aknet_jax.profile --config=... --ops` prints the table. The op times are summed over
-XLA's worker threads, so they add up to more than the step's wall time on a multi-core host.
+XLA's worker threads, so they add up to more than the step's wall time on a multi-core host; the
+report also gives the time in which no op ran (dispatch; anything the trace does not show).
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import glob
 import os
@@ -22,6 +24,9 @@ from aknet_jax import cost
 # is a conv); a fusion with none of them is elementwise.
 _KINDS = ("convolution", "dot", "select-and-scatter", "reduce-window", "reduce", "scatter",
           "gather", "sort", "concatenate", "transpose", "copy")
+# Unfused ops that XLA:CPU hands to Eigen asynchronously (`op_kinds` names fusions otherwise).
+_ASYNC = ("convolution", "dot")
+_END = "end: "
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([a-z][\w\-]*)\((.*)")
 
@@ -55,16 +60,40 @@ def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
   return kinds
 
 
-def _op_times(trace_dir: str, names: dict) -> collections.Counter:
+def _op_times(trace_dir: str, names: dict) -> tuple[collections.Counter, float]:
+  """({op name: ns}, ns in which no op ran) of a trace, between its first op's start and last op's
+  end.
+
+  XLA:CPU runs an unfused convolution or dot on Eigen asynchronously: the op's own event covers
+  only the launch, and an 'end: NAME' event marks when the work is done (a stride-2 conv's input
+  gradient: ~5 ms of event, ~40 ms of work). Those ops are timed from start to that marker.
+  """
   files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
   data = jax.profiler.ProfileData.from_file(files[0])
-  times = collections.Counter()
+  events, done = [], collections.defaultdict(list)
   for plane in data.planes:
     for line in plane.lines:
       for event in line.events:
         if event.name in names:
-          times[event.name] += event.duration_ns
-  return times
+          events.append((event.start_ns, event.start_ns + event.duration_ns, event.name))
+        elif event.name.startswith(_END):
+          done[event.name[len(_END):]].append(event.start_ns)
+  for marks in done.values():
+    marks.sort()
+  times, spans = collections.Counter(), []
+  for start, end, name in events:
+    if names[name][0] in _ASYNC and done.get(name):
+      i = bisect.bisect_left(done[name], start)
+      if i < len(done[name]):
+        end = max(end, done[name][i])
+    times[name] += end - start
+    spans.append((start, end))
+  idle, reach = 0, None
+  for start, end in sorted(spans):
+    if reach is not None and start > reach:
+      idle += start - reach
+    reach = end if reach is None else max(reach, end)
+  return times, idle
 
 
 def profile_train_ops(config: ml_collections.ConfigDict, kind: str, batch: int, *,
@@ -79,13 +108,14 @@ def profile_train_ops(config: ml_collections.ConfigDict, kind: str, batch: int, 
     with jax.profiler.trace(trace_dir):
       state, _ = p_step(state, batch_arrays)
       jax.block_until_ready(state)
-    times = _op_times(trace_dir, names)
+    times, idle_ns = _op_times(trace_dir, names)
   if not times:
     raise ValueError("the profiler trace holds no XLA op events (this backend does not trace ops)")
   by_kind = collections.Counter()
   for name, ns in times.items():
     by_kind[names[name][0].split(" ")[0]] += ns
-  return {"total_ms": sum(times.values()) / 1e6, "load_average": os.getloadavg(),
+  return {"total_ms": sum(times.values()) / 1e6, "idle_ms": idle_ns / 1e6,
+          "load_average": os.getloadavg(),
           "by_kind": [(k, ns / 1e6) for k, ns in by_kind.most_common()],
           "top": [(n, *names[n], ns / 1e6) for n, ns in times.most_common(top)]}
 
@@ -93,7 +123,8 @@ def profile_train_ops(config: ml_collections.ConfigDict, kind: str, batch: int, 
 def format_train_ops(report: dict) -> str:
   """Markdown tables of a `profile_train_ops` report."""
   total = report["total_ms"]
-  lines = [f"Op time of one training step: {total:.0f} ms summed over XLA's threads (load "
+  lines = [f"Op time of one training step: {total:.0f} ms summed over XLA's threads; "
+           f"{report['idle_ms']:.0f} ms of the step ran no op (load "
            f"average {', '.join(f'{x:.2f}' for x in report['load_average'])}).", "",
            "| op kind | ms | share |", "|---|---:|---:|"]
   lines += [f"| {k} | {ms:.0f} | {100 * ms / total:.1f} % |" for k, ms in report["by_kind"]]

@@ -7,6 +7,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -139,6 +140,31 @@ def test_op_profile_attributes_the_step_to_its_ops():
   assert len(report["top"]) == 5 and report["top"][0][3] >= report["top"][-1][3] > 0
   table = op_profile.format_train_ops(report)
   assert "| convolution |" in table and "| op | kind |" in table
+
+
+def test_op_profile_times_an_eigen_convolution_to_its_end(tmp_path):
+  """XLA:CPU runs an unfused convolution (here a stride-2 conv's input gradient) on Eigen
+  asynchronously; its trace event covers the launch only. The op profile times it to its 'end'
+  marker, so the op's time is the call's and the trace has no idle stretch."""
+  from aknet_jax import op_profile  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((8, 56, 56, 64), np.float32))
+  w = jnp.asarray(rng.standard_normal((3, 3, 64, 64), np.float32))
+  g = jnp.asarray(rng.standard_normal((8, 28, 28, 64), np.float32))
+  conv = lambda x: jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),  # noqa: E731
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  compiled = jax.jit(lambda x, g: jax.vjp(conv, x)[1](g)[0]).lower(x, g).compile()
+  names = op_profile.op_kinds(compiled.as_text())
+  assert "convolution" in {kind for kind, _ in names.values()}  # Unfused: Eigen's kernel.
+  for _ in range(3):
+    compiled(x, g).block_until_ready()
+  with jax.profiler.trace(str(tmp_path)):
+    start = time.perf_counter()
+    compiled(x, g).block_until_ready()
+    wall_ns = (time.perf_counter() - start) * 1e9
+  times, idle_ns = op_profile._op_times(str(tmp_path), names)  # pylint: disable=protected-access
+  conv_ns = sum(ns for name, ns in times.items() if names[name][0] == "convolution")
+  assert 0.6 * wall_ns < conv_ns <= wall_ns and idle_ns < 0.2 * wall_ns
 
 
 @pytest.mark.parametrize("phase", ["aknet_parts", "profile_train_steps"])
