@@ -1,9 +1,9 @@
 """Where a training step's time goes on XLA: time per compiled HLO op from a `jax.profiler` trace,
 grouped by what each fused op computes (convolution, dot, reduce, transpose, elementwise, ...).
 
-`python -m aknet_jax.profile --config=... --ops` prints the table. The op times are summed over
-XLA's worker threads, so they add up to more than the step's wall time on a multi-core host; the
-report also gives the time in which no op ran (dispatch; anything the trace does not show).
+`python -m aknet_jax.profile --config=... --ops` prints the table. An op's time is its share of the
+step's wall time (a stretch in which k ops run counts 1/k to each), so the ops add up to the step
+less the time in which no op ran (dispatch; anything the trace does not show), reported beside.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
 
 
 def _op_times(trace_dir: str, names: dict) -> tuple[collections.Counter, float]:
-  """({op name: ns}, ns in which no op ran) of a trace, between its first op's start and last op's
-  end.
+  """({op name: ns of wall time}, ns in which no op ran) of a trace, from its first op's start to
+  its last op's end. Each stretch of time is shared equally among the ops running in it, so the
+  ops' times add up to the traced wall time less the idle time.
 
   XLA:CPU runs an unfused convolution or dot on Eigen asynchronously: the op's own event covers
   only the launch, and an 'end: NAME' event marks when the work is done (a stride-2 conv's input
@@ -80,19 +81,27 @@ def _op_times(trace_dir: str, names: dict) -> tuple[collections.Counter, float]:
           done[event.name[len(_END):]].append(event.start_ns)
   for marks in done.values():
     marks.sort()
-  times, spans = collections.Counter(), []
-  for start, end, name in events:
+  edges = []  # (time, +1 start / -1 end, event index)
+  for i, (start, end, name) in enumerate(events):
     if names[name][0] in _ASYNC and done.get(name):
-      i = bisect.bisect_left(done[name], start)
-      if i < len(done[name]):
-        end = max(end, done[name][i])
-    times[name] += end - start
-    spans.append((start, end))
-  idle, reach = 0, None
-  for start, end in sorted(spans):
-    if reach is not None and start > reach:
-      idle += start - reach
-    reach = end if reach is None else max(reach, end)
+      j = bisect.bisect_left(done[name], start)
+      if j < len(done[name]):
+        end = max(end, done[name][j])
+    edges += [(start, 1, i), (end, -1, i)]
+  edges.sort(key=lambda e: (e[0], e[1]))  # Ends before starts at the same instant.
+  times, running, idle, last = collections.Counter(), set(), 0, None
+  for t, kind, i in edges:
+    if last is not None and t > last:
+      if running:
+        for j in running:
+          times[events[j][2]] += (t - last) / len(running)
+      else:
+        idle += t - last
+    last = t
+    if kind > 0:
+      running.add(i)
+    else:
+      running.discard(i)
   return times, idle
 
 
@@ -123,8 +132,8 @@ def profile_train_ops(config: ml_collections.ConfigDict, kind: str, batch: int, 
 def format_train_ops(report: dict) -> str:
   """Markdown tables of a `profile_train_ops` report."""
   total = report["total_ms"]
-  lines = [f"Op time of one training step: {total:.0f} ms summed over XLA's threads; "
-           f"{report['idle_ms']:.0f} ms of the step ran no op (load "
+  lines = [f"Op time of one training step: {total:.0f} ms of wall time shared among the ops "
+           f"running; {report['idle_ms']:.0f} ms of the step ran no op (load "
            f"average {', '.join(f'{x:.2f}' for x in report['load_average'])}).", "",
            "| op kind | ms | share |", "|---|---:|---:|"]
   lines += [f"| {k} | {ms:.0f} | {100 * ms / total:.1f} % |" for k, ms in report["by_kind"]]

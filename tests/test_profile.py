@@ -145,7 +145,7 @@ def test_op_profile_attributes_the_step_to_its_ops():
 def test_op_profile_times_an_eigen_convolution_to_its_end(tmp_path):
   """XLA:CPU runs an unfused convolution (here a stride-2 conv's input gradient) on Eigen
   asynchronously; its trace event covers the launch only. The op profile times it to its 'end'
-  marker, so the op's time is the call's and the trace has no idle stretch."""
+  marker, so the op's time is most of the call's and the trace has no idle stretch."""
   from aknet_jax import op_profile  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((8, 56, 56, 64), np.float32))
@@ -164,7 +164,9 @@ def test_op_profile_times_an_eigen_convolution_to_its_end(tmp_path):
     wall_ns = (time.perf_counter() - start) * 1e9
   times, idle_ns = op_profile._op_times(str(tmp_path), names)  # pylint: disable=protected-access
   conv_ns = sum(ns for name, ns in times.items() if names[name][0] == "convolution")
-  assert 0.6 * wall_ns < conv_ns <= wall_ns and idle_ns < 0.2 * wall_ns
+  assert 0.6 * wall_ns < conv_ns and idle_ns < 0.2 * wall_ns
+  # Wall time shared among the ops running: with the idle time, no more than the call's.
+  assert sum(times.values()) + idle_ns <= wall_ns
 
 
 @pytest.mark.parametrize("phase", ["aknet_parts", "profile_train_steps"])
