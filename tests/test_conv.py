@@ -73,16 +73,17 @@ def test_strided_3x3_weight_gradient_is_a_matmul_equal_to_flax_conv():
   assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
 
 
-def _strided_3x3_float64(x, kernel, bias, g):
-  """Independent reference: a stride-2, pad-1 3x3 cross-correlation (NHWC / HWIO) and its input,
-  weight and bias gradients for the cotangent g, as float64 NumPy sums over the nine taps."""
+def _strided_3x3_float64(x, kernel, bias, g, stride=2):
+  """Independent reference: a pad-1 3x3 cross-correlation (NHWC / HWIO) with this stride and its
+  input, weight and bias gradients for the cotangent g, as float64 NumPy sums over the nine
+  taps."""
   x, kernel, g = (np.asarray(a, np.float64) for a in (x, kernel, g))
-  oh, ow = g.shape[1:3]
+  oh, ow, s = g.shape[1], g.shape[2], stride
   xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   y, dxp, dk = np.zeros(g.shape), np.zeros_like(xp), np.zeros_like(kernel)
   for u in range(3):
     for v in range(3):
-      window = (slice(None), slice(u, u + 2 * oh - 1, 2), slice(v, v + 2 * ow - 1, 2))
+      window = (slice(None), slice(u, u + s * (oh - 1) + 1, s), slice(v, v + s * (ow - 1) + 1, s))
       y += np.einsum("nhwc,ck->nhwk", xp[window], kernel[u, v])
       dxp[window] += np.einsum("nhwk,ck->nhwc", g, kernel[u, v])
       dk[u, v] = np.einsum("nhwc,nhwk->ck", xp[window], g)
@@ -111,3 +112,34 @@ def test_strided_3x3_with_many_channels_is_im2col_matmuls_equal_to_float64_sums(
   grad = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))
   assert " convolution(" not in grad.lower(v, x).compile().as_text()
   assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
+
+
+@pytest.mark.parametrize("shape", [(8, 2, 2, 16), (4, 4, 4, 8), (3, 3, 5, 6)])
+def test_small_grid_3x3_is_im2col_matmuls_equal_to_float64_sums(shape):
+  """Stride-1 3x3 convs on grids of at most 16 cells (the synthetic ResNet-18's res4 and res5)
+  are matmuls over the patches on CPU: values and all gradients equal float64 sums, no XLA
+  convolution is left, and the flop count is still the convolution's."""
+  x = jax.random.normal(jax.random.key(1), shape)
+  ours = Conv(12, (3, 3), padding="SAME", use_bias=True)
+  ref = nn.Conv(12, (3, 3), padding="SAME", use_bias=True)
+  v = ref.init(jax.random.key(0), x)
+  v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
+  y, vjp = jax.vjp(ours.apply, v, x)
+  g = jax.random.normal(jax.random.key(3), y.shape)
+  (gv, gx), p = vjp(g), v["params"]
+  expected = _strided_3x3_float64(x, p["kernel"], p["bias"], g, stride=1)
+  for got, want in zip((y, gx, gv["params"]["kernel"], gv["params"]["bias"]), expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)) * g))
+  grad = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))
+  assert " convolution(" not in grad.lower(v, x).compile().as_text()
+  assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
+
+
+@pytest.mark.parametrize("shape,dtype", [((2, 5, 4, 8), jnp.float32),  # 20 cells.
+                                         ((2, 2, 2, 8), jnp.bfloat16)])
+def test_larger_grids_and_bf16_keep_xla_convolution(shape, dtype):
+  x = jax.random.normal(jax.random.key(1), shape)
+  conv = Conv(8, (3, 3), padding="SAME", dtype=dtype)
+  v = conv.init(jax.random.key(0), x)
+  assert " convolution(" in jax.jit(conv.apply).lower(v, x).compile().as_text()

@@ -4,9 +4,10 @@ XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that
 slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
 forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
 gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
-Winograd F(2x2, 3x3) on CPU (`models/winograd.py`); strided 3x3 ones keep XLA's kernels except
-for the weight gradient, one im2col matmul on CPU (`_strided_3x3_bwd`), and from 512 input channels
-their forward and input gradient, matmuls over the same patches. Same variables (`kernel`
+Winograd F(2x2, 3x3) on CPU (`models/winograd.py`), and on grids of at most 16 cells as im2col
+matmuls; strided 3x3 ones keep XLA's kernels except for the weight gradient, one im2col matmul on
+CPU (`_im2col_3x3_bwd`), and from 512 input channels their forward and input gradient, matmuls
+over the same patches. Same variables (`kernel`
 (kh, .., C_in, C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every
 other kernel is `nn.Conv` itself.
 """
@@ -86,13 +87,18 @@ def _bias_grad(g2, b):
   return None if b is None else winograd.sum_rows(g2).astype(b.dtype)
 
 
-# Strided 3x3 convs from this many input channels take `_strided_3x3` (ResNet-50's res3-res5
+# Strided 3x3 convs from this many input channels take `_im2col_3x3` (ResNet-50's res3-res5
 # first blocks; measured there, docs/benchmarks.md).
 STRIDED_MIN_CHANNELS = 64
 # From this many input channels (res5's first block, AK-Net's auxiliary head) the strided conv's
 # forward and input gradient are im2col matmuls too: XLA:CPU's strided kernels run slower there
 # (docs/benchmarks.md; 16 frames of 14x14x512: forward 23 -> 19 ms, input gradient 24 -> 18 ms).
 IM2COL_MIN_CHANNELS = 512
+# Stride-1 3x3 convs on grids of at most this many cells (the synthetic ResNet-18's res4 and res5
+# at 64^2 input: 4x4 and 2x2) run all of it as im2col matmuls on CPU, in float32 where Winograd
+# does not apply. XLA:CPU's kernel is 5-50x slower at 2x2; at 4x4 its forward ties and the
+# gradients take 1.5x as long (docs/benchmarks.md, "Small grids").
+SMALL_GRID_MAX_CELLS = 16
 
 
 def _patches(x, window, strides, padding, out_hw):
@@ -109,9 +115,9 @@ def _out_hw(x, w, strides, padding):
   return tuple((x.shape[1 + i] + sum(padding[i]) - w.shape[i]) // strides[i] + 1 for i in (0, 1))
 
 
-def _strided_forward(x, w, b, strides, padding, precision):
-  """XLA's strided conv (+ b), or from `IM2COL_MIN_CHANNELS` one matmul over the patches."""
-  if x.shape[-1] < IM2COL_MIN_CHANNELS:
+def _im2col_forward(x, w, b, strides, padding, precision, matmuls):
+  """One matmul over the patches (+ b) if `matmuls`, else XLA's conv."""
+  if not matmuls:
     return winograd.direct(x, w, strides, padding, precision, b)
   oh, ow = _out_hw(x, w, strides, padding)
   patches = _patches(x, w.shape[:2], strides, padding, (oh, ow))
@@ -120,18 +126,18 @@ def _strided_forward(x, w, b, strides, padding, precision):
   return y if b is None else y + b
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _strided_3x3(x, w, b, strides, padding, precision):
-  """XLA's strided 3x3 conv, its weight gradient one im2col matmul that reads x in place (its
-  forward and input gradient too, from many channels)."""
-  return _strided_forward(x, w, b, strides, padding, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _im2col_3x3(x, w, b, strides, padding, precision, matmuls):
+  """A 3x3 conv whose weight gradient is one im2col matmul that reads x in place; with `matmuls`
+  its forward and input gradient are matmuls over the same patches too, else XLA's kernels."""
+  return _im2col_forward(x, w, b, strides, padding, precision, matmuls)
 
 
-def _strided_3x3_fwd(x, w, b, strides, padding, precision):
-  return _strided_forward(x, w, b, strides, padding, precision), (x, w, b)
+def _im2col_3x3_fwd(x, w, b, strides, padding, precision, matmuls):
+  return _im2col_forward(x, w, b, strides, padding, precision, matmuls), (x, w, b)
 
 
-def _strided_3x3_bwd(strides, padding, precision, residuals, g):
+def _im2col_3x3_bwd(strides, padding, precision, matmuls, residuals, g):
   # XLA:CPU's weight-gradient kernel reads x channel-major: a transposed copy that recomputes x's
   # fused producers with strided reads (TDN: conv1 -> BN -> ReLU -> mSE -> shift, 187 ms at res3
   # for 2 clips; AK-Net's auxiliary head: 184 ms). The taps side by side are read row-wise.
@@ -139,7 +145,7 @@ def _strided_3x3_bwd(strides, padding, precision, residuals, g):
   patches = lambda x: _patches(x, w.shape[:2], strides, padding, g.shape[1:3])
   g2 = g.reshape(-1, g.shape[-1])
   dw = jax.lax.dot_general(patches(x), g2, (((0,), (0,)), ((), ())), precision=precision)
-  if x.shape[-1] >= IM2COL_MIN_CHANNELS:
+  if matmuls:
     # g @ w^T gives each tap's input gradient; the taps' transpose adds them back in place.
     d_patches = jax.lax.dot_general(g2, w.reshape(-1, w.shape[-1]), (((1,), (1,)), ((), ())),
                                     precision=precision)
@@ -149,22 +155,23 @@ def _strided_3x3_bwd(strides, padding, precision, residuals, g):
   return dx, dw.reshape(w.shape), _bias_grad(g2, b)
 
 
-_strided_3x3.defvjp(_strided_3x3_fwd, _strided_3x3_bwd)
+_im2col_3x3.defvjp(_im2col_3x3_fwd, _im2col_3x3_bwd)
 
 
-def _strided_conv(x, w, b, strides, padding, precision):
-  """`_strided_3x3` on CPU; XLA's conv and its own gradients elsewhere and in `direct_form`."""
+def _im2col_conv(x, w, b, strides, padding, precision, matmuls):
+  """`_im2col_3x3` on CPU; XLA's conv and its own gradients elsewhere and in `direct_form`."""
   xla = lambda x, w, b: winograd.direct(x, w, strides, padding, precision, b)
   if winograd.in_direct_form():
     return xla(x, w, b)
   return jax.lax.platform_dependent(
-      x, w, b, cpu=lambda x, w, b: _strided_3x3(x, w, b, strides, padding, precision), default=xla)
+      x, w, b, default=xla,
+      cpu=lambda x, w, b: _im2col_3x3(x, w, b, strides, padding, precision, matmuls))
 
 
 class Conv(nn.Conv):
-  """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd and strided 3x3 ones via
-  im2col (the weight gradient; from 512 channels all of it) on CPU (no dilation, groups or masks
-  on these paths)."""
+  """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd (on small grids as im2col
+  matmuls) and strided 3x3 ones via im2col (the weight gradient; from 512 channels all of it) on
+  CPU (no dilation, groups or masks on these paths)."""
 
   @nn.compact
   def __call__(self, inputs):
@@ -180,7 +187,12 @@ class Conv(nn.Conv):
     strided_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and not _ones(strides)
                    and not isinstance(self.padding, str) and inputs.ndim == 4
                    and inputs.shape[-1] >= STRIDED_MIN_CHANNELS)
-    if not (winograd_3x3 or strided_3x3 or (plain and _is_pointwise(kernel_size, self.padding))):
+    small_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and _ones(strides)
+                 and not winograd_3x3 and inputs.ndim == 4
+                 and inputs.shape[1] * inputs.shape[2] <= SMALL_GRID_MAX_CELLS
+                 and jnp.dtype(self.dtype or inputs.dtype) == jnp.float32)
+    if not (winograd_3x3 or strided_3x3 or small_3x3
+            or (plain and _is_pointwise(kernel_size, self.padding))):
       return super().__call__(inputs)
     kernel = self.param("kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
                         self.param_dtype)
@@ -192,7 +204,10 @@ class Conv(nn.Conv):
     if winograd_3x3:
       return winograd.conv3x3(inputs, kernel, bias, self.precision)
     if strided_3x3:
-      return _strided_conv(inputs, kernel, bias, strides, _pairs(self.padding), self.precision)
+      return _im2col_conv(inputs, kernel, bias, strides, _pairs(self.padding), self.precision,
+                          inputs.shape[-1] >= IM2COL_MIN_CHANNELS)
+    if small_3x3:  # Stride 1: 'SAME' pads a 3x3 kernel by one on each side.
+      return _im2col_conv(inputs, kernel, bias, (1, 1), ((1, 1), (1, 1)), self.precision, True)
     if any(s != 1 for s in strides):
       # A strided 1x1 conv reads every s-th position: slice first, then contract.
       batch = (slice(None),) * (inputs.ndim - n_spatial - 1)
