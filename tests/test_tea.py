@@ -4,6 +4,7 @@ converter, Q's block, compaction into AK-Net, the convert CLI and the recipe var
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -258,3 +259,53 @@ def test_tea_recipe_variants():
     assert c.train.learning_rate == 0.02 and tuple(c.train.lr_steps) == (30, 40, 45)
     assert c.train.num_epochs == 50 and c.train.batch_size == 64 and c.model.dropout == 0.5
     assert load_config(dataset, "backbone=tsm").train.learning_rate == 0.01
+
+
+class _FullResolutionME(tea.MotionExcitation):
+  """ME as first written: the depthwise conv at full resolution, then the spatial mean."""
+
+  @nn.compact
+  def __call__(self, x):
+    n, h, w, c = x.shape
+    r, t = max(1, c // tea.REDUCTION), self.num_segments
+    b = self.norm(name="bn1")(self.conv(r, (1, 1), padding="VALID", use_bias=False,
+                                        name="conv1")(x))
+    cb = self.conv(r, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=r, use_bias=False,
+                   name="conv2")(b)
+    b5, cb5 = b.reshape((n // t, t, h, w, r)), cb.reshape((n // t, t, h, w, r))
+    diff = jnp.pad(cb5[:, 1:] - b5[:, :-1], [(0, 0), (0, 1), (0, 0), (0, 0), (0, 0)])
+    y = diff.reshape((n, h, w, r)).mean(axis=(1, 2), keepdims=True)
+    y = self.norm(name="bn3")(self.conv(c, (1, 1), padding="VALID", use_bias=False,
+                                        name="conv3")(y))
+    return x + x * (nn.sigmoid(y) - 0.5)
+
+
+@pytest.mark.parametrize("shape,train", [((8, 7, 6, 32), True), ((4, 5, 5, 40), False),
+                                         ((4, 3, 4, 12), True)])  # 12 channels: one ME channel.
+def test_motion_excitation_from_window_means_equals_the_full_resolution_conv(shape, train):
+  """ME takes conv2's spatial mean from b's nine tap-window means: same variables, same values
+  and gradients (to 1e-5) as the depthwise conv at full resolution it replaces."""
+  from aknet_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
+  conv = functools.partial(conv_lib.Conv, kernel_init=jax.nn.initializers.normal(0.3))
+  norm = norm_layer(train=train, momentum=0.1, axis_name=None, dtype=jnp.float32)
+  ours, ref = (m(T, conv, norm) for m in (tea.MotionExcitation, _FullResolutionME))
+  x = jax.random.normal(jax.random.key(1), shape)
+  v = ref.init(jax.random.key(0), x)
+  assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(v)
+  apply = lambda m: (lambda v, x: m.apply(v, x, mutable=["batch_stats"])[0])  # noqa: E731
+  np.testing.assert_allclose(apply(ours)(v, x), apply(ref)(v, x), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.key(3), shape)
+  grad = lambda m: jax.grad(lambda v, x: jnp.sum(apply(m)(v, x) * w), argnums=(0, 1))(v, x)
+  (gv, gx), (rv, rx) = grad(ours), grad(ref)
+  np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_window_means_are_the_tap_windows_of_a_padded_3x3_conv():
+  b = np.random.RandomState(0).randn(2, 5, 4, 3).astype(np.float32)
+  rows = {0: slice(0, 4), 1: slice(0, 5), 2: slice(1, 5)}
+  cols = {0: slice(0, 3), 1: slice(0, 4), 2: slice(1, 4)}
+  want = np.stack([np.stack([b[:, rows[u], cols[v]].sum((1, 2)) for v in range(3)], 1)
+                   for u in range(3)], 1) / 20
+  np.testing.assert_allclose(tea.window_means(jnp.asarray(b)), want, rtol=1e-6, atol=1e-6)
