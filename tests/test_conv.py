@@ -143,3 +143,26 @@ def test_larger_grids_and_bf16_keep_xla_convolution(shape, dtype):
   conv = Conv(8, (3, 3), padding="SAME", dtype=dtype)
   v = conv.init(jax.random.key(0), x)
   assert " convolution(" in jax.jit(conv.apply).lower(v, x).compile().as_text()
+
+
+@pytest.mark.parametrize("shape", [(4, 7, 6, 8), (2, 28, 28, 16)])
+def test_depthwise_3x3_is_shifted_sums_equal_to_flax_conv(shape):
+  """A depthwise 3x3 conv (TDN's mSE conv2) runs as nine shifted multiply-adds on CPU: nn.Conv's
+  variables, values and gradients (1e-5), no XLA convolution, and the convolution's flop count."""
+  c = shape[-1]
+  x = jax.random.normal(jax.random.key(1), shape)
+  ours = Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, use_bias=True)
+  ref = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, use_bias=True)
+  v = ref.init(jax.random.key(0), x)
+  v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
+  assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(v)
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.key(3), ref.apply(v, x).shape)
+  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)) * w))
+  (gv, gx), (rv, rx) = (jax.grad(loss(m), argnums=(0, 1))(v, x) for m in (ours, ref))
+  np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(rv)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  grad = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))
+  assert " convolution(" not in grad.lower(v, x).compile().as_text()
+  assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)

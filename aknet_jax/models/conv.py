@@ -168,6 +168,26 @@ def _im2col_conv(x, w, b, strides, padding, precision, matmuls):
       cpu=lambda x, w, b: _im2col_3x3(x, w, b, strides, padding, precision, matmuls))
 
 
+def _depthwise_shifted(x, w, b):
+  """A depthwise 3x3 pad-1 conv (w: (3, 3, 1, C)) as nine shifted multiply-adds, which XLA fuses
+  into one pass (and autodiff into one pass per gradient)."""
+  h, wd = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y = sum(xp[:, u:u + h, v:v + wd] * w[u, v, 0] for u in range(3) for v in range(3))
+  return y if b is None else y + b
+
+
+def _depthwise_conv(x, w, b, precision):
+  """`_depthwise_shifted` on CPU; XLA's grouped conv elsewhere and in `direct_form`."""
+  def xla(x, w, b):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), feature_group_count=x.shape[-1],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+    return y if b is None else y + b
+  if winograd.in_direct_form():
+    return xla(x, w, b)
+  return jax.lax.platform_dependent(x, w, b, cpu=_depthwise_shifted, default=xla)
+
+
 class Conv(nn.Conv):
   """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd (on small grids as im2col
   matmuls) and strided 3x3 ones via im2col (the weight gradient; from 512 channels all of it) on
@@ -187,20 +207,27 @@ class Conv(nn.Conv):
     strided_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and not _ones(strides)
                    and not isinstance(self.padding, str) and inputs.ndim == 4
                    and inputs.shape[-1] >= STRIDED_MIN_CHANNELS)
+    depthwise_3x3 = (self.mask is None and _ones(self.kernel_dilation) and _ones(self.input_dilation)
+                     and _is_3x3_same(kernel_size, self.padding) and _ones(strides)
+                     and inputs.ndim == 4 and self.feature_group_count > 1
+                     and self.feature_group_count == inputs.shape[-1] == self.features)
     small_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and _ones(strides)
                  and not winograd_3x3 and inputs.ndim == 4
                  and inputs.shape[1] * inputs.shape[2] <= SMALL_GRID_MAX_CELLS
                  and jnp.dtype(self.dtype or inputs.dtype) == jnp.float32)
-    if not (winograd_3x3 or strided_3x3 or small_3x3
+    if not (winograd_3x3 or strided_3x3 or small_3x3 or depthwise_3x3
             or (plain and _is_pointwise(kernel_size, self.padding))):
       return super().__call__(inputs)
-    kernel = self.param("kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
+    in_per_group = inputs.shape[-1] // self.feature_group_count
+    kernel = self.param("kernel", self.kernel_init, kernel_size + (in_per_group, self.features),
                         self.param_dtype)
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     # The bias goes inside each path: its gradient is then a matvec over the operand the weight
     # gradient reads (`winograd.sum_rows`).
+    if depthwise_3x3:
+      return _depthwise_conv(inputs, kernel, bias, self.precision)
     if winograd_3x3:
       return winograd.conv3x3(inputs, kernel, bias, self.precision)
     if strided_3x3:
