@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import tempfile
+import time
 
 import jax
 import ml_collections
@@ -27,6 +28,9 @@ _KINDS = ("convolution", "dot", "select-and-scatter", "reduce-window", "reduce",
 # Unfused ops that XLA:CPU hands to Eigen asynchronously (`op_kinds` names fusions otherwise).
 _ASYNC = ("convolution", "dot")
 _END = "end: "
+# An Eigen thread may record an op's end marker after the result is ready: the trace stays open
+# this long after the step so that a loaded machine does not lose the last marker.
+END_MARKER_WAIT_S = 0.2
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([a-z][\w\-]*)\((.*)")
 
@@ -117,6 +121,7 @@ def profile_train_ops(config: ml_collections.ConfigDict, kind: str, batch: int, 
     with jax.profiler.trace(trace_dir):
       state, _ = p_step(state, batch_arrays)
       jax.block_until_ready(state)
+      time.sleep(END_MARKER_WAIT_S)
     times, idle_ns = _op_times(trace_dir, names)
   if not times:
     raise ValueError("the profiler trace holds no XLA op events (this backend does not trace ops)")

@@ -145,7 +145,7 @@ def test_op_profile_attributes_the_step_to_its_ops():
 def test_op_profile_times_an_eigen_convolution_to_its_end(tmp_path):
   """XLA:CPU runs an unfused convolution (here a stride-2 conv's input gradient) on Eigen
   asynchronously; its trace event covers the launch only. The op profile times it to its 'end'
-  marker, so the op's time is most of the call's and the trace has no idle stretch."""
+  marker, so the op's time is most of the call's."""
   from aknet_jax import op_profile  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((8, 56, 56, 64), np.float32))
@@ -158,15 +158,20 @@ def test_op_profile_times_an_eigen_convolution_to_its_end(tmp_path):
   assert "convolution" in {kind for kind, _ in names.values()}  # Unfused: Eigen's kernel.
   for _ in range(3):
     compiled(x, g).block_until_ready()
-  with jax.profiler.trace(str(tmp_path)):
-    start = time.perf_counter()
-    compiled(x, g).block_until_ready()
-    wall_ns = (time.perf_counter() - start) * 1e9
-  times, idle_ns = op_profile._op_times(str(tmp_path), names)  # pylint: disable=protected-access
-  conv_ns = sum(ns for name, ns in times.items() if names[name][0] == "convolution")
-  assert 0.6 * wall_ns < conv_ns and idle_ns < 0.2 * wall_ns
-  # Wall time shared among the ops running: with the idle time, no more than the call's.
-  assert sum(times.values()) + idle_ns <= wall_ns
+  shares = []
+  for trial in range(5):  # The median call: another test's load can stretch any one of them.
+    trace_dir = str(tmp_path / str(trial))
+    with jax.profiler.trace(trace_dir):
+      start = time.perf_counter()
+      compiled(x, g).block_until_ready()
+      wall_ns = (time.perf_counter() - start) * 1e9
+      time.sleep(op_profile.END_MARKER_WAIT_S)  # As profile_train_ops does.
+    times, idle_ns = op_profile._op_times(trace_dir, names)  # pylint: disable=protected-access
+    conv_ns = sum(ns for name, ns in times.items() if names[name][0] == "convolution")
+    # Wall time shared among the ops running: with the idle time, no more than the call's.
+    assert sum(times.values()) + idle_ns <= wall_ns
+    shares.append(conv_ns / wall_ns)
+  assert np.median(shares) > 0.6, shares
 
 
 @pytest.mark.parametrize("phase", ["aknet_parts", "profile_train_steps"])

@@ -7,7 +7,8 @@ gradient reads both operands in place. Stride-1 3x3 convs with enough channels a
 Winograd F(2x2, 3x3) on CPU (`models/winograd.py`), and on grids of at most 16 cells as im2col
 matmuls; strided 3x3 ones keep XLA's kernels except for the weight gradient, one im2col matmul on
 CPU (`_im2col_3x3_bwd`), and from 512 input channels their forward and input gradient, matmuls
-over the same patches. Same variables (`kernel`
+over the same patches. Depthwise 3x3 convs, which XLA:CPU runs as a slow grouped convolution, are
+nine shifted multiply-adds on CPU (`_depthwise_shifted`). Same variables (`kernel`
 (kh, .., C_in, C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every
 other kernel is `nn.Conv` itself.
 """
@@ -180,8 +181,9 @@ def _depthwise_shifted(x, w, b):
 def _depthwise_conv(x, w, b, precision):
   """`_depthwise_shifted` on CPU; XLA's grouped conv elsewhere and in `direct_form`."""
   def xla(x, w, b):
-    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), feature_group_count=x.shape[-1],
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=x.shape[-1], precision=precision)
     return y if b is None else y + b
   if winograd.in_direct_form():
     return xla(x, w, b)
@@ -190,8 +192,9 @@ def _depthwise_conv(x, w, b, precision):
 
 class Conv(nn.Conv):
   """`nn.Conv`; 1x1 kernels as a matmul, 3x3 stride-1 ones as Winograd (on small grids as im2col
-  matmuls) and strided 3x3 ones via im2col (the weight gradient; from 512 channels all of it) on
-  CPU (no dilation, groups or masks on these paths)."""
+  matmuls), strided 3x3 ones via im2col (the weight gradient; from 512 channels all of it) and
+  depthwise 3x3 ones as shifted multiply-adds on CPU (no dilation or masks on these paths, and
+  groups only on the depthwise one)."""
 
   @nn.compact
   def __call__(self, inputs):
@@ -207,7 +210,8 @@ class Conv(nn.Conv):
     strided_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and not _ones(strides)
                    and not isinstance(self.padding, str) and inputs.ndim == 4
                    and inputs.shape[-1] >= STRIDED_MIN_CHANNELS)
-    depthwise_3x3 = (self.mask is None and _ones(self.kernel_dilation) and _ones(self.input_dilation)
+    depthwise_3x3 = (self.mask is None and _ones(self.kernel_dilation)
+                     and _ones(self.input_dilation)
                      and _is_3x3_same(kernel_size, self.padding) and _ones(strides)
                      and inputs.ndim == 4 and self.feature_group_count > 1
                      and self.feature_group_count == inputs.shape[-1] == self.features)
