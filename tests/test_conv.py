@@ -73,7 +73,7 @@ def test_strided_3x3_weight_gradient_is_a_matmul_equal_to_flax_conv():
   assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
 
 
-def _strided_3x3_float64(x, kernel, bias, g, stride=2):
+def _conv3x3_float64(x, kernel, bias, g, stride):
   """Independent reference: a pad-1 3x3 cross-correlation (NHWC / HWIO) with this stride and its
   input, weight and bias gradients for the cotangent g, as float64 NumPy sums over the nine
   taps."""
@@ -97,14 +97,20 @@ def test_strided_3x3_with_many_channels_is_im2col_matmuls_equal_to_float64_sums(
   convolution's."""
   from aknet_jax.models import conv as conv_lib
   x = jax.random.normal(jax.random.key(1), (2, 7, 6, conv_lib.IM2COL_MIN_CHANNELS))  # Odd, even.
-  ours = Conv(16, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=True)
-  ref = nn.Conv(16, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=True)
+  _assert_im2col_matmuls_equal_float64_sums(x, 16, stride=2, padding=((1, 1), (1, 1)))
+
+
+def _assert_im2col_matmuls_equal_float64_sums(x, features, *, stride, padding):
+  """A 3x3 Conv with bias: values and all gradients equal `_conv3x3_float64`, no XLA convolution
+  is left in the program on CPU, and the flop count is still the convolution's."""
+  ours = Conv(features, (3, 3), strides=stride, padding=padding, use_bias=True)
+  ref = nn.Conv(features, (3, 3), strides=stride, padding=padding, use_bias=True)
   v = ref.init(jax.random.key(0), x)
   v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
   y, vjp = jax.vjp(ours.apply, v, x)
   g = jax.random.normal(jax.random.key(3), y.shape)
   (gv, gx), p = vjp(g), v["params"]
-  expected = _strided_3x3_float64(x, p["kernel"], p["bias"], g)
+  expected = _conv3x3_float64(x, p["kernel"], p["bias"], g, stride)
   for got, want in zip((y, gx, gv["params"]["kernel"], gv["params"]["bias"]), expected):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
   # A nonlinear loss keeps the forward in the program.
@@ -120,20 +126,7 @@ def test_small_grid_3x3_is_im2col_matmuls_equal_to_float64_sums(shape):
   are matmuls over the patches on CPU: values and all gradients equal float64 sums, no XLA
   convolution is left, and the flop count is still the convolution's."""
   x = jax.random.normal(jax.random.key(1), shape)
-  ours = Conv(12, (3, 3), padding="SAME", use_bias=True)
-  ref = nn.Conv(12, (3, 3), padding="SAME", use_bias=True)
-  v = ref.init(jax.random.key(0), x)
-  v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v)
-  y, vjp = jax.vjp(ours.apply, v, x)
-  g = jax.random.normal(jax.random.key(3), y.shape)
-  (gv, gx), p = vjp(g), v["params"]
-  expected = _strided_3x3_float64(x, p["kernel"], p["bias"], g, stride=1)
-  for got, want in zip((y, gx, gv["params"]["kernel"], gv["params"]["bias"]), expected):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)) * g))
-  grad = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))
-  assert " convolution(" not in grad.lower(v, x).compile().as_text()
-  assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
+  _assert_im2col_matmuls_equal_float64_sums(x, 12, stride=1, padding="SAME")
 
 
 @pytest.mark.parametrize("shape,dtype", [((2, 5, 4, 8), jnp.float32),  # 20 cells.
