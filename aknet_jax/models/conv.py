@@ -180,11 +180,7 @@ def _depthwise_shifted(x, w, b):
 
 def _depthwise_conv(x, w, b, precision):
   """`_depthwise_shifted` on CPU; XLA's grouped conv elsewhere and in `direct_form`."""
-  def xla(x, w, b):
-    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=x.shape[-1], precision=precision)
-    return y if b is None else y + b
+  xla = lambda x, w, b: winograd.direct(x, w, precision=precision, bias=b, groups=x.shape[-1])
   if winograd.in_direct_form():
     return xla(x, w, b)
   return jax.lax.platform_dependent(x, w, b, cpu=_depthwise_shifted, default=xla)

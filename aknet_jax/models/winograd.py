@@ -60,11 +60,12 @@ def in_direct_form() -> bool:
   return _DIRECT.get()
 
 
-def direct(x, w, strides=(1, 1), padding=((1, 1), (1, 1)), precision=None, bias=None):
+def direct(x, w, strides=(1, 1), padding=((1, 1), (1, 1)), precision=None, bias=None,
+           groups=1):
   """XLA's own NHWC / HWIO convolution (+ bias): what the reformulations replace, and run
   elsewhere."""
   y = jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DIMENSION_NUMBERS,
-                                   precision=precision)
+                                   feature_group_count=groups, precision=precision)
   return y if bias is None else y + bias
 
 
