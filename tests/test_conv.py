@@ -120,16 +120,19 @@ def _assert_im2col_matmuls_equal_float64_sums(x, features, *, stride, padding):
   assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
 
 
-@pytest.mark.parametrize("shape", [(8, 2, 2, 16), (4, 4, 4, 8), (3, 3, 5, 6)])
+@pytest.mark.parametrize("shape", [(8, 2, 2, 16), (4, 4, 4, 8), (3, 3, 5, 6), (3, 7, 7, 8),
+                                   (20, 7, 5, 4)])
 def test_small_grid_3x3_is_im2col_matmuls_equal_to_float64_sums(shape):
-  """Stride-1 3x3 convs on grids of at most 16 cells (the synthetic ResNet-18's res4 and res5)
-  are matmuls over the patches on CPU: values and all gradients equal float64 sums, no XLA
-  convolution is left, and the flop count is still the convolution's."""
+  """Stride-1 3x3 convs on grids of at most 16 cells (the synthetic ResNet-18's res4 and res5), or
+  up to 7x7 with at most 1024 output positions (ResNet-50's res5 at 8 or 16 frames), are matmuls
+  over the patches on CPU: values and all gradients equal float64 sums, no XLA convolution is
+  left, and the flop count is still the convolution's."""
   x = jax.random.normal(jax.random.key(1), shape)
   _assert_im2col_matmuls_equal_float64_sums(x, 12, stride=1, padding="SAME")
 
 
-@pytest.mark.parametrize("shape,dtype", [((2, 5, 4, 8), jnp.float32),  # 20 cells.
+@pytest.mark.parametrize("shape,dtype", [((2, 9, 4, 8), jnp.float32),  # 36 cells, 9 rows.
+                                         ((21, 7, 7, 8), jnp.float32),  # 7x7, 1029 positions.
                                          ((2, 2, 2, 8), jnp.bfloat16)])
 def test_larger_grids_and_bf16_keep_xla_convolution(shape, dtype):
   x = jax.random.normal(jax.random.key(1), shape)

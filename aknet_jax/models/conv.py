@@ -4,7 +4,8 @@ XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that
 slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
 forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
 gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
-Winograd F(2x2, 3x3) on CPU (`models/winograd.py`), and on grids of at most 16 cells as im2col
+Winograd F(2x2, 3x3) on CPU (`models/winograd.py`), and on small grids (<= 16 cells, or <= 7x7 with
+<= 1024 output positions) as im2col
 matmuls; strided 3x3 ones keep XLA's kernels except for the weight gradient, one im2col matmul on
 CPU (`_im2col_3x3_bwd`), and from 512 input channels their forward and input gradient, matmuls
 over the same patches. Depthwise 3x3 convs, which XLA:CPU runs as a slow grouped convolution, are
@@ -16,6 +17,7 @@ other kernel is `nn.Conv` itself.
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -100,6 +102,11 @@ IM2COL_MIN_CHANNELS = 512
 # does not apply. XLA:CPU's kernel is 5-50x slower at 2x2; at 4x4 its forward ties and the
 # gradients take 1.5x as long (docs/benchmarks.md, "Small grids").
 SMALL_GRID_MAX_CELLS = 16
+# So do those on grids up to 7x7 with at most this many output positions in all (ResNet-50's res5
+# at 8 or 16 frames: 392, 784 rows). Measured on a Zen 5 EPYC (docs/benchmarks.md, "ninth
+# session"): 0.68-0.79x XLA's forward and 0.57-0.90x its gradients at 8-20 frames of 7x7x512 and
+# 7x7x208; at 32 frames (1568 rows) XLA's forward is faster.
+SMALL_GRID_MAX_ROWS, SMALL_GRID_MAX_SIDE = 1024, 7
 
 
 def _patches(x, window, strides, padding, out_hw):
@@ -213,7 +220,9 @@ class Conv(nn.Conv):
                      and self.feature_group_count == inputs.shape[-1] == self.features)
     small_3x3 = (plain and _is_3x3_same(kernel_size, self.padding) and _ones(strides)
                  and not winograd_3x3 and inputs.ndim == 4
-                 and inputs.shape[1] * inputs.shape[2] <= SMALL_GRID_MAX_CELLS
+                 and (inputs.shape[1] * inputs.shape[2] <= SMALL_GRID_MAX_CELLS
+                      or (max(inputs.shape[1:3]) <= SMALL_GRID_MAX_SIDE
+                          and math.prod(inputs.shape[:3]) <= SMALL_GRID_MAX_ROWS))
                  and jnp.dtype(self.dtype or inputs.dtype) == jnp.float32)
     if not (winograd_3x3 or strided_3x3 or small_3x3 or depthwise_3x3
             or (plain and _is_pointwise(kernel_size, self.padding))):
