@@ -4,10 +4,10 @@ XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that
 slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
 forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
 gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
-Winograd F(2x2, 3x3) on CPU (`models/winograd.py`), and on small grids (<= 16 cells, or <= 7x7 with
-<= 1024 output positions) as im2col
-matmuls; strided 3x3 ones keep XLA's kernels except for the weight gradient, one im2col matmul on
-CPU (`_im2col_3x3_bwd`), and from 512 input channels their forward and input gradient, matmuls
+Winograd F(2x2, 3x3) on CPU (`models/winograd.py`), and on small grids (<= 16 cells, or up to
+7x7 with <= 1024 output positions) as im2col matmuls; strided 3x3 ones keep XLA's kernels except
+for the weight gradient, one im2col matmul on CPU (`_im2col_3x3_bwd`), and from 512 input
+channels their forward and input gradient, matmuls
 over the same patches. Depthwise 3x3 convs, which XLA:CPU runs as a slow grouped convolution, are
 nine shifted multiply-adds on CPU (`_depthwise_shifted`). Same variables (`kernel`
 (kh, .., C_in, C_out), `bias`) as `nn.Conv`, so checkpoints and converters are unchanged; every
