@@ -145,6 +145,39 @@ def compare(config: ml_collections.ConfigDict, batches: list[int], *, train_batc
   return report
 
 
+def combine(reports: list[dict]) -> dict:
+  """Several `compare` reports, each from a fresh process, as {label: [each process's median
+  ratio]} and their medians: on CPU a process's state moves a ratio by up to 0.1, more than its
+  rounds' spread does (docs/benchmarks.md, "ninth session")."""
+  def ratios(report):
+    out = {f"inference, batch {r['batch']}": r["ratio_median"] for r in report["inference"]}
+    t = report["train"]
+    if t:
+      out[f"training step, batch {t['batch']}"] = t["ratio_median"]
+      if t.get("aknet"):
+        out[f"{t['aknet']['name']} step / the torch baseline's"] = t["aknet"]["ratio_median"]
+    return out
+
+  per_process = [ratios(r) for r in reports]
+  labels = list(per_process[0])
+  if any(list(p) != labels for p in per_process):
+    raise ValueError("the processes' reports time different things; run them with the same flags")
+  by_label = {k: [p[k] for p in per_process] for k in labels}
+  return {"processes": reports, "ratios": by_label,
+          "median": {k: statistics.median(v) for k, v in by_label.items()}}
+
+
+def format_combined(combined: dict) -> str:
+  """Markdown of a `combine` result: each process's median ratio and the median across them."""
+  loads = ", ".join(f"{r['environment']['load_average'][0]:.2f}" for r in combined["processes"])
+  lines = [f"JAX / torch in {len(combined['processes'])} fresh processes, one after another (each "
+           f"the median of its rounds; 1-minute load average at their starts: {loads}):", "",
+           "| what | per process | median across processes |", "|---|---|---:|"]
+  lines += [f"| {k} | {', '.join(f'{x:.2f}' for x in v)} | **{combined['median'][k]:.2f}** |"
+            for k, v in combined["ratios"].items()]
+  return "\n".join(lines)
+
+
 def _ratios(times: dict) -> dict:
   per_round = [j / t for j, t in zip(times["jax"], times["torch"])]
   return {"jax_ms": latency_stats(times["jax"]), "torch_ms": latency_stats(times["torch"]),

@@ -2,6 +2,7 @@
 
   python -m aknet_jax.profile --config=configs/ssv2.py [--batch=1,8] [--json=FILE] [--reps=5]
       [--transform_modes=full,lowrank,none] [--parts] [--train_batch=B] [--ops]
+      [--against=torch [--processes=K]]
 
 Latency is the jitted inference function after warm-up, the device synchronised after every call;
 the models of one batch size are timed in interleaved rounds (`aknet_jax.cost`). `--parts` times
@@ -13,6 +14,11 @@ accelerator the training step also reports its MFU.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from typing import Callable
 
 import jax
@@ -169,6 +175,38 @@ def define_flags():
   flags.DEFINE_enum("against", None, ["torch"], "Instead: time the config's TSN / TSM against "
                     "the PyTorch reference with the same weights (needs the convert extra); with stage=2 "
                     "AK-Net's training step is timed against the torch baseline's too.")
+  flags.DEFINE_integer("processes", 1, "With --against=torch: run the comparison in this many "
+                       "fresh processes, one after another, and report each one's median ratios "
+                       "and their median (a process's state moves a CPU ratio by up to 0.1).")
+
+
+def child_argv(argv: list[str], json_path: str) -> list[str]:
+  """This command's arguments for one of its `--processes` runs: one process, its own --json."""
+  out, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+    elif arg in ("--processes", "--json"):
+      skip = True  # The value is the next argument.
+    elif not arg.startswith(("--processes=", "--json=")):
+      out.append(arg)
+  return out + ["--processes=1", f"--json={json_path}"]
+
+
+def _in_fresh_processes(k: int) -> list[dict]:
+  """The --against=torch report of each of k runs of this command, one after another, in fresh
+  processes (their own tables print as they finish)."""
+  reports = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i in range(k):
+      path = os.path.join(tmp, f"process_{i}.json")
+      cmd = [sys.executable, "-m", "aknet_jax.profile", *child_argv(sys.argv[1:], path)]
+      code = subprocess.run(cmd, check=False).returncode
+      if code != 0:
+        cli.fail(f"--processes: run {i + 1} of {k} failed (exit code {code}); its output is above")
+      with open(path) as f:
+        reports.append(json.load(f))
+  return reports
 
 
 def main(argv):
@@ -180,6 +218,8 @@ def main(argv):
   if not batches or min(batches) < 1 or FLAGS.reps < 1:
     cli.fail("--batch values and --reps must be >= 1")
   train_batch = max(batches) if FLAGS.train_batch < 0 else FLAGS.train_batch
+  if FLAGS.processes < 1 or (FLAGS.processes > 1 and FLAGS.against != "torch"):
+    cli.fail(f"--processes={FLAGS.processes}: must be >= 1, and above 1 only with --against=torch")
   if FLAGS.ops:
     from aknet_jax import op_profile  # pylint: disable=g-import-not-at-top
     kind = workdir_lib.STAGE_KINDS["2" if str(FLAGS.config.stage) == "2" else "1"]
@@ -188,6 +228,13 @@ def main(argv):
     print(op_profile.format_train_ops(report))
     if FLAGS.json:
       cli.call(workdir_lib.write_json, FLAGS.json, report)
+    return
+  if FLAGS.against == "torch" and FLAGS.processes > 1:
+    from aknet_jax import against_torch  # pylint: disable=g-import-not-at-top (imports torch)
+    combined = cli.call(against_torch.combine, _in_fresh_processes(FLAGS.processes))
+    print(against_torch.format_combined(combined))
+    if FLAGS.json:
+      cli.call(workdir_lib.write_json, FLAGS.json, combined)
     return
   if FLAGS.against == "torch":
     from aknet_jax import against_torch  # pylint: disable=g-import-not-at-top (imports torch)

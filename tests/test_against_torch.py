@@ -71,3 +71,37 @@ def test_bf16_runs_torch_under_autocast_and_agrees_to_bf16_precision():
   t = report["train"]
   assert t["tflops_per_step"] > 0 and t["jax_tflops_per_s"] > 0 and t["torch_tflops_per_s"] > 0
   assert "bf16 (JAX bf16 compute, torch autocast)" in against_torch.format_report(report)
+
+
+def _fake_report(inference, train, aknet, load):
+  """The fields of a `compare` report that `combine` reads."""
+  return {"environment": {"load_average": [load, 0.0, 0.0]},
+          "inference": [{"batch": b, "ratio_median": r} for b, r in inference],
+          "train": {"batch": 2, "ratio_median": train,
+                    "aknet": {"name": "AK-Net-TSM (x)", "ratio_median": aknet}}}
+
+
+def test_combine_reports_each_processs_median_ratios_and_their_median():
+  reports = [_fake_report([(1, 0.9), (8, 1.0)], 1.09, 0.98, 0.5),
+             _fake_report([(1, 1.1), (8, 0.8)], 0.94, 1.00, 1.5),
+             _fake_report([(1, 1.0), (8, 0.9)], 0.97, 1.30, 1.7)]
+  combined = against_torch.combine(reports)
+  assert combined["ratios"]["inference, batch 1"] == [0.9, 1.1, 1.0]
+  assert combined["median"] == {"inference, batch 1": 1.0, "inference, batch 8": 0.9,
+                                "training step, batch 2": 0.97,
+                                "AK-Net-TSM (x) step / the torch baseline's": 1.00}
+  text = against_torch.format_combined(combined)
+  assert "in 3 fresh processes" in text and "0.50, 1.50, 1.70" in text
+  assert "| training step, batch 2 | 1.09, 0.94, 0.97 | **0.97** |" in text
+  reports[1]["train"] = None  # A process that timed no training step.
+  with pytest.raises(ValueError, match="time different things"):
+    against_torch.combine(reports)
+
+
+def test_each_fresh_process_gets_the_flags_with_one_process_and_its_own_json():
+  from aknet_jax import profile  # pylint: disable=g-import-not-at-top
+  argv = ["--config=configs/ssv2.py:backbone=tsm", "--against=torch", "--processes=3",
+          "--json", "out.json", "--reps=5", "--processes", "2", "--json=x.json"]
+  assert profile.child_argv(argv, "/tmp/p0.json") == [
+      "--config=configs/ssv2.py:backbone=tsm", "--against=torch", "--reps=5", "--processes=1",
+      "--json=/tmp/p0.json"]
