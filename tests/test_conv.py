@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from aknet_jax import models
+from aknet_jax.models import conv as conv_lib
 from aknet_jax.models.conv import Conv
 
 
@@ -162,3 +163,35 @@ def test_depthwise_3x3_is_shifted_sums_equal_to_flax_conv(shape):
   grad = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))
   assert " convolution(" not in grad.lower(v, x).compile().as_text()
   assert models.hlo_flops(jax.grad(loss(ours)), v, x) == models.hlo_flops(jax.grad(loss(ref)), v, x)
+
+
+@pytest.mark.parametrize("cx,cg,form", [
+    (96, 64, "g transposed"),   # g (64 >= 64 columns) no wider than x.
+    (128, 160, "x transposed"),  # x narrower, at 128 columns.
+    (64, 96, "in place"),       # x narrower at 64 columns (res2's 64 -> 256 conv3).
+    (80, 40, "in place"),       # g under 64 columns.
+])
+def test_weight_gradient_forms_equal_float64_sums(cx, cg, form):
+  """x^T g in each CPU form equals float64 sums, and the form compiled is the one the column rule
+  picks (a transposed operand runs in a conditional's branch; in place, one dot, no branch)."""
+  rng = np.random.default_rng(0)
+  x, g = rng.standard_normal((300, cx)), rng.standard_normal((300, cg))
+  f = jax.jit(conv_lib.weight_gradient)
+  xs, gs = jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32)
+  np.testing.assert_allclose(f(xs, gs), x.T @ g, rtol=1e-5, atol=1e-5 * np.sqrt(300))
+  hlo = f.lower(xs, gs).compile().as_text()
+  assert ("conditional(" in hlo) == (form != "in place"), hlo
+  # bf16 operands always contract in place.
+  assert "conditional(" not in f.lower(xs.astype(jnp.bfloat16), gs.astype(jnp.bfloat16)) \
+      .compile().as_text()
+
+
+def test_pointwise_conv_weight_gradient_transposed_equals_flax_conv():
+  """A 1x1 conv wide enough for the transposed weight gradient gives nn.Conv's gradients."""
+  x = jax.random.normal(jax.random.key(1), (2, 5, 6, 160))
+  ours, ref = Conv(128, (1, 1)), nn.Conv(128, (1, 1))
+  v = ref.init(jax.random.key(0), x)
+  w = jax.random.normal(jax.random.key(3), (2, 5, 6, 128))
+  grad = lambda m: jax.grad(lambda v: jnp.sum(m.apply(v, x) * w))(v)
+  np.testing.assert_allclose(grad(ours)["params"]["kernel"], grad(ref)["params"]["kernel"],
+                             rtol=1e-5, atol=1e-5)

@@ -2,8 +2,9 @@
 
 XLA:CPU lowers a 1x1 convolution's weight gradient to a generic convolution that runs 1.3-2.8x
 slower than the same contraction as `dot_general` (docs/benchmarks.md, per-layer table); the
-forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`) so the weight
-gradient reads both operands in place. Stride-1 3x3 convs with enough channels and tiles run as
+forward and input gradient gain too. Its backward is written out (`_pointwise_bwd`); the weight
+gradient (`weight_gradient`) transposes its narrower operand first where YNNPACK then runs the
+matmul faster than Eigen runs it in place. Stride-1 3x3 convs with enough channels and tiles run as
 Winograd F(2x2, 3x3) on CPU (`models/winograd.py`), and on small grids (<= 16 cells, or up to
 7x7 with <= 1024 output positions) as im2col matmuls; strided 3x3 ones keep XLA's kernels except
 for the weight gradient, one im2col matmul on CPU (`_im2col_3x3_bwd`), and from 512 input
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen import dtypes
 
+from aknet_jax.models import fusion
 from aknet_jax.models import winograd
 
 
@@ -70,19 +72,44 @@ def _pointwise_fwd(x, w, b, precision):
 
 
 def _pointwise_bwd(precision, residuals, g):
-  # Autodiff's weight gradient is dot(g, x) transposed, which XLA:CPU runs by writing g (fused
-  # with its producer, usually BN's backward) transposed: a strided pass as large as the
-  # activation, 21 % of a TSM-R50 step's op time. x^T g with both operands contracted on their
-  # row axis runs in place (docs/benchmarks.md: the TSM-R50 step 0.80x).
   x, w, b = residuals
   g2 = g.reshape(-1, g.shape[-1])
   dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
-  dw = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), g2, (((0,), (0,)), ((), ())),
-                           precision=precision)
-  return dx, dw, _bias_grad(g2, b)
+  return dx, weight_gradient(x.reshape(-1, x.shape[-1]), g2, precision), _bias_grad(g2, b)
 
 
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+# A weight gradient x^T g transposes its narrower operand into a buffer of its own first when that
+# operand has at least this many columns (g: the output side; x: the input side, where at 64 the
+# in-place form wins): XLA:CPU hands the resulting row-major matmul to YNNPACK, while x^T g with
+# both operands contracted on their row axis runs on Eigen. ResNet-50's 1x1 and im2col weight
+# gradients at 16 frames take 0.59-0.93x the time with the copy (docs/benchmarks.md, "tenth
+# session"); Winograd's batched ones (16 small matmuls) do not gain and stay in place.
+WGRAD_TRANSPOSE_MIN_G_COLUMNS, WGRAD_TRANSPOSE_MIN_X_COLUMNS = 64, 128
+
+
+def weight_gradient(x2, g2, precision=None):
+  """x2 (R, C_in)^T @ g2 (R, C_out) -> (C_in, C_out): a matmul's weight gradient.
+
+  On CPU, in float32, the narrower operand is transposed first (in a computation of its own:
+  fused into its producer, the transpose is a strided write that costs more than it saves).
+  """
+  in_place = lambda x2, g2: jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())),
+                                                 precision=precision)
+  cx, cg = x2.shape[-1], g2.shape[-1]
+  nn_dot = lambda a, b: jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision)
+  transpose = lambda a: fusion.unfused(jnp.transpose, a)
+  if x2.dtype != jnp.float32:
+    return in_place(x2, g2)
+  if WGRAD_TRANSPOSE_MIN_G_COLUMNS <= cg <= cx:
+    cpu = lambda x2, g2: transpose(nn_dot(transpose(g2), x2))
+  elif WGRAD_TRANSPOSE_MIN_X_COLUMNS <= cx < cg:
+    cpu = lambda x2, g2: nn_dot(transpose(x2), g2)
+  else:
+    return in_place(x2, g2)
+  return jax.lax.platform_dependent(x2, g2, cpu=cpu, default=in_place)
 
 
 def _bias_grad(g2, b):
@@ -152,7 +179,7 @@ def _im2col_3x3_bwd(strides, padding, precision, matmuls, residuals, g):
   x, w, b = residuals
   patches = lambda x: _patches(x, w.shape[:2], strides, padding, g.shape[1:3])
   g2 = g.reshape(-1, g.shape[-1])
-  dw = jax.lax.dot_general(patches(x), g2, (((0,), (0,)), ((), ())), precision=precision)
+  dw = weight_gradient(patches(x), g2, precision)
   if matmuls:
     # g @ w^T gives each tap's input gradient; the taps' transpose adds them back in place.
     d_patches = jax.lax.dot_general(g2, w.reshape(-1, w.shape[-1]), (((1,), (1,)), ((), ())),
