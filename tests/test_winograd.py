@@ -147,3 +147,14 @@ def test_conv_bench_prints_a_row_per_layer_and_rejects_bad_layers():
   assert bad.returncode != 0 and bad.stdout == ""
   assert bad.stderr.strip().splitlines() == ["error: --layers: '8by4' is not SIDExCHANNELS "
                                              "(e.g. 56x64)"]
+
+
+def test_kernel_transforms_equal_the_g_matrix_products():
+  """G w G^T and its transpose G^T du G, written as sums, equal the matrix products in float64."""
+  g = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)
+  rng = np.random.default_rng(0)
+  w, du = rng.standard_normal((3, 3, 5, 7)), rng.standard_normal((4, 4, 5, 7))
+  np.testing.assert_allclose(winograd.kernel_transform(jnp.asarray(w, jnp.float32)),
+                             np.einsum("au,uvck,bv->abck", g, w, g), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(winograd.kernel_transform_transpose(jnp.asarray(du, jnp.float32)),
+                             np.einsum("au,abck,bv->uvck", g, du, g), rtol=1e-6, atol=1e-6)

@@ -20,11 +20,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-# Kernel transform G (4x3); the input transform B^T and output transform A^T are written out
-# below as the sums and differences they are.
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
+# The kernel transform G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]], the input
+# transform B^T and the output transform A^T are written out below as the sums they are.
 
 # Below these sizes XLA:CPU's direct kernel wins or ties (`python -m aknet_jax.conv_bench`,
 # docs/benchmarks.md): with 16-32 channels the 16 matmuls are too thin; with 392 tiles (8 frames
@@ -82,6 +80,32 @@ def applies(input_shape, features: int, dtype) -> bool:
   return narrow >= THIN_MIN_CHANNELS and narrow % 32 != 0 and tiles >= THIN_MIN_TILES
 
 
+def _g_rows(r0, r1, r2):
+  """G applied along one axis: three slices -> four, (r0, (r0+r1+r2)/2, (r0-r1+r2)/2, r2)."""
+  half = 0.5 * (r0 + r2)
+  return r0, half + 0.5 * r1, half - 0.5 * r1, r2
+
+
+def _gt_rows(d0, d1, d2, d3):
+  """G^T applied along one axis: four slices -> three."""
+  half = 0.5 * (d1 + d2)
+  return d0 + half, 0.5 * (d1 - d2), half + d3
+
+
+def kernel_transform(w):
+  """G w G^T of a (3, 3, C, K) kernel: (4, 4, C, K). As sums of the nine (C, K) slices: as an
+  einsum XLA:CPU ran it as matmuls with 3-4 columns, 17x slower (4.9 ms at 256 x 256 channels;
+  docs/benchmarks.md, "tenth session")."""
+  rows = _g_rows(w[0], w[1], w[2])
+  return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2])) for r in rows])
+
+
+def kernel_transform_transpose(du):
+  """G^T du G of a (4, 4, C, K) gradient: (3, 3, C, K), the kernel transform's transpose."""
+  rows = _gt_rows(du[0], du[1], du[2], du[3])
+  return jnp.stack([jnp.stack(_gt_rows(r[0], r[1], r[2], r[3])) for r in rows])
+
+
 def _input_transform(x):
   """(N, H, W, C), H and W even -> B^T d B of every 4x4 tile at stride 2: (16, N*H/2*W/2, C)."""
   n, h, w, c = x.shape
@@ -109,7 +133,7 @@ def sum_rows(m):
 def _forward(x, w, precision):
   n, h, wd, _ = x.shape
   k = w.shape[-1]
-  u = jnp.einsum("au,uvck,bv->abck", _G, w, _G, precision=jax.lax.Precision.HIGHEST)
+  u = kernel_transform(w)
   m = jax.lax.dot_general(_input_transform(x), u.reshape(16, *u.shape[2:]),
                           (((2,), (1,)), ((0,), (0,))), precision=precision)
   m = m.reshape(4, 4, n, h // 2, wd // 2, k)
@@ -149,7 +173,7 @@ def _winograd_bwd(precision, direct_backward, residuals, g):
   dm = jnp.stack(dm).reshape(16, n * (h // 2) * (wd // 2), k)
   du = jax.lax.dot_general(_input_transform(x), dm, (((1,), (1,)), ((0,), (0,))),
                            precision=precision).reshape(4, 4, -1, k)
-  dw = jnp.einsum("au,abck,bv->uvck", _G, du, _G, precision=jax.lax.Precision.HIGHEST)
+  dw = kernel_transform_transpose(du)
   # dm[5] = (g0 + g1) over columns c0 + c1: each 2x2 tile's sum, so its rows sum to g's.
   db = None if b is None else sum_rows(dm[5]).astype(b.dtype)
   return dx, dw, db
