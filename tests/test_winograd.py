@@ -27,7 +27,8 @@ def _correlate_f64(x, w):
 
 
 @pytest.mark.parametrize("shape,features", [((2, 8, 12, 5), 7), ((1, 2, 2, 3), 4),
-                                            ((3, 6, 4, 9), 9)])
+                                            ((3, 6, 4, 9), 9),
+                                            ((1, 4, 6, 66), 65)])  # Winograd's own dw.
 def test_values_and_gradients_equal_float64_correlation(shape, features):
   """The Winograd form and its written-out backward against float64 sums, including the borders
   (H, W = 2) and non-square maps and channel counts."""
@@ -158,3 +159,14 @@ def test_kernel_transforms_equal_the_g_matrix_products():
                              np.einsum("au,uvck,bv->abck", g, w, g), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(winograd.kernel_transform_transpose(jnp.asarray(du, jnp.float32)),
                              np.einsum("au,abck,bv->uvck", g, du, g), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels,convolutions", [(64, 1), (65, 0)])
+def test_weight_gradient_up_to_64_channels_is_xla_convolution(channels, convolutions):
+  """Up to DIRECT_WGRAD_MAX_CHANNELS the weight gradient is XLA's (one convolution in the
+  backward), above it Winograd's matmul (none); the input gradient stays Winograd's in both."""
+  x = jnp.ones((2, 8, 8, channels))
+  w = jnp.ones((3, 3, channels, channels))
+  grads = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(winograd._winograd(x, w, None, None))),
+                           argnums=(0, 1)))
+  assert grads.lower(x, w).compile().as_text().count(" convolution(") == convolutions

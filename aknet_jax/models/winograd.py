@@ -35,6 +35,11 @@ MIN_TILES = 512
 # stays XLA's, `conv3x3`). At multiples of 32 channels XLA's kernel ties or wins (56x56x32,
 # 16 frames: Winograd 1.05x forward, 1.23x forward + backward).
 THIN_MIN_CHANNELS = 24
+# Up to this many channels (ResNet-50's res2) the weight gradient is XLA's convolution, not
+# Winograd's 16 matmuls contracted over the tiles (C x K = 64 x 64 each): in a training step's op
+# profile those take 2-3x their time alone. TSM-R50 step 0.977x, TDN 0.947x (docs/benchmarks.md, "tenth
+# session"); at 128 channels no gain (1.005x).
+DIRECT_WGRAD_MAX_CHANNELS = 64
 THIN_MIN_TILES = 1568
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -164,6 +169,9 @@ def _winograd_bwd(precision, direct_backward, residuals, g):
   # A stride-1 'same' 3x3 conv's input gradient is the same conv of g with the kernel flipped in
   # space and its channel axes swapped.
   dx = _forward(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), precision)
+  if max(x.shape[-1], k) <= DIRECT_WGRAD_MAX_CHANNELS:
+    dw = jax.vjp(lambda w: direct(x, w, precision=precision), w)[1](g)[0]
+    return dx, dw, None if b is None else sum_rows(g.reshape(-1, k)).astype(b.dtype)
   # The output transform's transpose, A g A^T per 2x2 tile of g: (16, tiles, K).
   g0, g1 = g[:, 0::2], g[:, 1::2]
   dm = []
