@@ -35,12 +35,12 @@ MIN_TILES = 512
 # stays XLA's, `conv3x3`). At multiples of 32 channels XLA's kernel ties or wins (56x56x32,
 # 16 frames: Winograd 1.05x forward, 1.23x forward + backward).
 THIN_MIN_CHANNELS = 24
-# Up to this many channels (ResNet-50's res2) the weight gradient is XLA's convolution, not
-# Winograd's 16 matmuls contracted over the tiles (C x K = 64 x 64 each): in a training step's op
-# profile those take 2-3x their time alone. TSM-R50 step 0.977x, TDN 0.947x (docs/benchmarks.md, "tenth
-# session"); at 128 channels no gain (1.005x).
-DIRECT_WGRAD_MAX_CHANNELS = 64
 THIN_MIN_TILES = 1568
+# Up to this many channels (ResNet-50's res2) the weight gradient is XLA's convolution, not
+# Winograd's 16 matmuls contracted over the tiles (C x K = 64 x 64 each), which in a training
+# step's op profile take 2-3x their time alone. TSM-R50 step 0.977x, TDN 0.947x
+# (docs/benchmarks.md, "tenth session"); at 128 channels no gain (1.005x).
+DIRECT_WGRAD_MAX_CHANNELS = 64
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _DIRECT = contextvars.ContextVar("aknet_winograd_direct", default=False)
