@@ -99,8 +99,8 @@ def _gt_rows(d0, d1, d2, d3):
 
 def kernel_transform(w):
   """G w G^T of a (3, 3, C, K) kernel: (4, 4, C, K). As sums of the nine (C, K) slices: as an
-  einsum XLA:CPU ran it as matmuls with 3-4 columns, 17x slower (4.9 ms at 256 x 256 channels;
-  docs/benchmarks.md, "tenth session")."""
+  einsum XLA:CPU ran it as matmuls with 3-4 columns, 17-29x slower (4.9-8.2 against 0.28 ms at
+  256 x 256 channels; docs/benchmarks.md, "tenth session")."""
   rows = _g_rows(w[0], w[1], w[2])
   return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2])) for r in rows])
 
