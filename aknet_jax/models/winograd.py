@@ -164,12 +164,12 @@ def _winograd_bwd(precision, direct_backward, residuals, g):
   n, h, wd, _ = x.shape
   k = w.shape[-1]
   if direct_backward:
-    dx, dw = jax.vjp(lambda x, w: direct(x, w, precision=precision), x, w)[1](g)
-    return dx, dw, None if b is None else sum_rows(g.reshape(-1, k)).astype(b.dtype)
-  # A stride-1 'same' 3x3 conv's input gradient is the same conv of g with the kernel flipped in
-  # space and its channel axes swapped.
-  dx = _forward(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), precision)
-  if max(x.shape[-1], k) <= DIRECT_WGRAD_MAX_CHANNELS:
+    dx = jax.vjp(lambda x: direct(x, w, precision=precision), x)[1](g)[0]
+  else:
+    # A stride-1 'same' 3x3 conv's input gradient is the same conv of g with the kernel flipped
+    # in space and its channel axes swapped.
+    dx = _forward(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), precision)
+  if direct_backward or max(x.shape[-1], k) <= DIRECT_WGRAD_MAX_CHANNELS:
     dw = jax.vjp(lambda w: direct(x, w, precision=precision), w)[1](g)[0]
     return dx, dw, None if b is None else sum_rows(g.reshape(-1, k)).astype(b.dtype)
   # The output transform's transpose, A g A^T per 2x2 tile of g: (16, tiles, K).
