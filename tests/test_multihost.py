@@ -55,7 +55,8 @@ def test_launch_scripts_pass_bash_n_and_shellcheck():
     ("launch/slurm.sbatch", [], "arguments of aknet_jax.main are missing"),
     ("launch/slurm.sbatch", ["--config=c"], "need --workdir=DIR"),
     ("launch/slurm.sbatch", ["--workdir=/w"], "submit this script with sbatch"),
-    ("launch/benchmark_gpu.sh", [], "give one argument, the output directory"),
+    ("launch/benchmark_gpu.sh", [], "give the output directory first"),
+    ("launch/benchmark_gpu.sh", ["/tmp/out", "tsm"], "unknown step 'tsm'; the steps are: tsm_torch_bf16"),
 ])
 def test_launch_scripts_name_the_missing_argument(script, args, message):
   env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}

@@ -109,7 +109,7 @@ def weight_gradient(x2, g2, precision=None):
     cpu = lambda x2, g2: nn_dot(transpose(x2), g2)
   else:
     return in_place(x2, g2)
-  return jax.lax.platform_dependent(x2, g2, cpu=cpu, default=in_place)
+  return winograd.cpu_or_default(cpu, in_place, x2, g2)
 
 
 def _bias_grad(g2, b):
@@ -196,11 +196,8 @@ _im2col_3x3.defvjp(_im2col_3x3_fwd, _im2col_3x3_bwd)
 def _im2col_conv(x, w, b, strides, padding, precision, matmuls):
   """`_im2col_3x3` on CPU; XLA's conv and its own gradients elsewhere and in `direct_form`."""
   xla = lambda x, w, b: winograd.direct(x, w, strides, padding, precision, b)
-  if winograd.in_direct_form():
-    return xla(x, w, b)
-  return jax.lax.platform_dependent(
-      x, w, b, default=xla,
-      cpu=lambda x, w, b: _im2col_3x3(x, w, b, strides, padding, precision, matmuls))
+  cpu = lambda x, w, b: _im2col_3x3(x, w, b, strides, padding, precision, matmuls)
+  return winograd.cpu_or_default(cpu, xla, x, w, b)
 
 
 def _depthwise_shifted(x, w, b):
@@ -215,9 +212,7 @@ def _depthwise_shifted(x, w, b):
 def _depthwise_conv(x, w, b, precision):
   """`_depthwise_shifted` on CPU; XLA's grouped conv elsewhere and in `direct_form`."""
   xla = lambda x, w, b: winograd.direct(x, w, precision=precision, bias=b, groups=x.shape[-1])
-  if winograd.in_direct_form():
-    return xla(x, w, b)
-  return jax.lax.platform_dependent(x, w, b, cpu=_depthwise_shifted, default=xla)
+  return winograd.cpu_or_default(_depthwise_shifted, xla, x, w, b)
 
 
 class Conv(nn.Conv):

@@ -17,12 +17,9 @@ from aknet_jax.models import winograd
 
 def unfused(fn, *args):
   """fn(*args), computed on its own on CPU (its results materialised once, not recomputed)."""
-  if winograd.in_direct_form():
-    return fn(*args)
-
   def cpu(*args):
     leaf = jax.tree.leaves(args)[0].ravel()[0]
     # Both branches are fn; the predicate only has to be unknown at compile time (NaN: false).
     return jax.lax.cond(leaf == leaf, fn, fn, *args)
 
-  return jax.lax.platform_dependent(*args, cpu=cpu, default=fn)
+  return winograd.cpu_or_default(cpu, fn, *args)

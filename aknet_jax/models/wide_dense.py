@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen import dtypes
 
+from aknet_jax.models import winograd
+
 
 def _input_grad(g, w):
   """g (B, M) @ w (K, M)^T -> (B, K), reading w row by row."""
@@ -61,5 +63,5 @@ class WideDense(nn.Dense):
     inputs, kernel, bias = dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     lead = inputs.shape[:-1]
     z = inputs.reshape(-1, inputs.shape[-1])
-    y = jax.lax.platform_dependent(z, kernel, bias, cpu=_wide_dense, default=_affine)
+    y = winograd.cpu_or_default(_wide_dense, _affine, z, kernel, bias)
     return y.reshape(lead + (self.features,))

@@ -63,6 +63,18 @@ def in_direct_form() -> bool:
   return _DIRECT.get()
 
 
+def cpu_or_default(cpu, default, *args):
+  """cpu(*args) in a program for CPU; default(*args) elsewhere and in `direct_form()`.
+
+  Off a CPU host the CPU formulations are not traced at all: `platform_dependent` lowers every
+  branch into the program (a case on a constant index) and leaves XLA to drop the others. On a
+  CPU host it keeps the choice to the lowering platform (a program exported for GPU gets default).
+  """
+  if in_direct_form() or jax.default_backend() != "cpu":
+    return default(*args)
+  return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
+
+
 def direct(x, w, strides=(1, 1), padding=((1, 1), (1, 1)), precision=None, bias=None,
            groups=1):
   """XLA's own NHWC / HWIO convolution (+ bias): what the reformulations replace, and run
@@ -194,10 +206,7 @@ def conv3x3(x, w, b=None, precision=None):
   """x (N, H, W, C) * w (3, 3, C, K) (+ b (K,)), stride 1, padding 1: Winograd on CPU, XLA's conv
   elsewhere."""
   xla = lambda x, w, b: direct(x, w, precision=precision, bias=b)
-  if in_direct_form():
-    return xla(x, w, b)
   # Narrow layers: Winograd's weight gradient (a contraction over tiles into C x K = 26 x 26
   # per tile position) runs slower than XLA's in a training step, so only the forward is.
   thin = min(x.shape[-1], w.shape[-1]) < MIN_CHANNELS
-  return jax.lax.platform_dependent(
-      x, w, b, cpu=lambda x, w, b: _winograd(x, w, b, precision, thin), default=xla)
+  return cpu_or_default(lambda x, w, b: _winograd(x, w, b, precision, thin), xla, x, w, b)
