@@ -103,6 +103,33 @@ def test_slurm_script_starts_main_under_srun(tmp_path):
                                      "--config=configs/ssv2.py", "--workdir=/shared/r"]
 
 
+def test_gpu_benchmark_runs_the_named_steps_and_reports_a_crash_first_line_first(tmp_path):
+  """A step that aborts (XLA's fatal line above a long thread dump) leaves that line in the
+  report; only the named steps run, and a later step still runs after a failed one."""
+  fake = tmp_path / "fake_python"
+  fake.write_text(textwrap.dedent("""\
+      #!/usr/bin/env bash
+      [[ "$1" == -c ]] && { echo "jax 0 [fake] | torch 0 cuDNN 0"; exit 0; }
+      if [[ "$*" == *backbone=tdn* ]]; then
+        echo "F1205 19:47:01.5 pjrt.cc:99] Check failed: fake abort" >&2
+        for i in $(seq 40); do echo "  File \"frame$i.py\", line $i in f" >&2; done
+        exit 134
+      fi
+      echo "| table of $* |"
+  """))
+  fake.chmod(0o755)
+  env = {**_fake_command(tmp_path, "nvidia-smi"), "PYTHON": str(fake)}
+  out = _run(["bash", "launch/benchmark_gpu.sh", str(tmp_path / "out"), "tdn_torch_bf16",
+              "tsm_torch_fp32"], env=env)
+  assert out.returncode == 0, out.stderr
+  report = (tmp_path / "out" / "report.md").read_text()
+  assert "## tdn_torch_bf16" in report and "## tsm_torch_fp32" in report
+  assert "## tsm_torch_bf16" not in report and "## aknet_bf16" not in report
+  assert "(exit 134," in report
+  assert "    F1205 19:47:01.5 pjrt.cc:99] Check failed: fake abort" in report
+  assert "| table of -m aknet_jax.profile --config=configs/ssv2.py:backbone=tsm --against=torch" in report
+
+
 def test_local_launcher_stops_the_others_when_one_process_fails(tmp_path):
   fake = tmp_path / "fake_python"
   fake.write_text(textwrap.dedent(f"""\
