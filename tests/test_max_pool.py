@@ -11,13 +11,22 @@ from aknet_jax.models import fusion, winograd
 from aknet_jax.models.max_pool import max_pool_3x3_s2
 
 
+@pytest.fixture(params=["cpu", "gpu"])
+def host(request, monkeypatch):
+  """The formulation a CPU host traces (backward written out) or a GPU host's (`nn.max_pool` and
+  its autodiff), both run here."""
+  if request.param == "gpu":
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  return request.param
+
+
 def _reference(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2), (3, 1, 5, 4)])
 @pytest.mark.parametrize("ties", [False, True])
-def test_equals_flax_max_pool_with_gradients(shape, ties):
+def test_equals_flax_max_pool_with_gradients(shape, ties, host):
   x = jax.random.normal(jax.random.key(0), shape)
   if ties:  # ReLU'd small integers: most windows hold several equal maxima.
     x = jnp.maximum(jnp.round(2 * x), 0.0)
@@ -28,7 +37,7 @@ def test_equals_flax_max_pool_with_gradients(shape, ties):
   np.testing.assert_allclose(grad(max_pool_3x3_s2), grad(_reference), rtol=0, atol=1e-6)
 
 
-def test_ties_send_the_gradient_to_the_first_element_of_each_window():
+def test_ties_send_the_gradient_to_the_first_element_of_each_window(host):
   x = jnp.ones((1, 4, 4, 1))
   g = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x)))(x)[0, :, :, 0]
   # Output (0, 0)'s window starts in the padding: its first real element is (0, 0); output
@@ -40,7 +49,7 @@ def test_ties_send_the_gradient_to_the_first_element_of_each_window():
   np.testing.assert_array_equal(g, expected)
 
 
-def test_bf16():
+def test_bf16(host):
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3)).astype(jnp.bfloat16)
   w = jax.random.normal(jax.random.key(1), (2, 3, 3, 3)).astype(jnp.bfloat16)
   grad = lambda f: jax.grad(lambda x: jnp.sum((f(x) * w).astype(jnp.float32)))(x)

@@ -8,6 +8,15 @@ import pytest
 from aknet_jax.models.temporal_shift import temporal_shift
 
 
+@pytest.fixture(params=["cpu", "gpu"])
+def host(request, monkeypatch):
+  """The formulation a CPU host traces (one select pass, backward written out) or a GPU host's
+  (slices and a channel concatenation, autodiff), both run here."""
+  if request.param == "gpu":
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  return request.param
+
+
 def _reference(x, t, div):
   """Loop form of doc 2.1: rows b*T + t; fold [0,f) reads t+1, [f,2f) reads t-1, zeros at the ends."""
   n, _, _, c = x.shape
@@ -27,13 +36,13 @@ def _reference(x, t, div):
 
 
 @pytest.mark.parametrize("t,c,div", [(4, 16, 8), (3, 20, 8), (5, 12, 4), (1, 8, 8)])
-def test_shift_matches_numpy_reference(t, c, div):
+def test_shift_matches_numpy_reference(t, c, div, host):
   x = np.random.RandomState(0).randn(2 * t, 3, 2, c).astype(np.float32)
   got = jax.jit(temporal_shift, static_argnums=(1, 2))(jnp.asarray(x), t, div)
   np.testing.assert_array_equal(np.asarray(got), _reference(x, t, div))
 
 
-def test_shift_does_not_mix_clips_and_gradient_is_the_adjoint():
+def test_shift_does_not_mix_clips_and_gradient_is_the_adjoint(host):
   t, c = 4, 16
   x = np.random.RandomState(1).randn(3 * t, 2, 2, c).astype(np.float32)
   g = np.random.RandomState(2).randn(*x.shape).astype(np.float32)

@@ -186,3 +186,22 @@ def test_a_program_built_off_cpu_holds_no_cpu_formulation(monkeypatch):
   on_gpu = grads().trace(v, x).lower(lowering_platforms=("cuda",)).as_text()
   assert "stablehlo.case" not in on_gpu and "dot_general" not in on_gpu
   assert "convolution" in on_gpu
+
+
+def test_a_gpu_host_traces_no_written_out_backward(monkeypatch):
+  """The 1x1 conv, the stem max-pool and the TSM shift write their backward out for XLA:CPU; a
+  GPU host traces them as plain JAX and autodiff, the program that ran on GPU before them."""
+  from aknet_jax.models.max_pool import max_pool_3x3_s2
+  from aknet_jax.models.temporal_shift import temporal_shift
+  x = jnp.ones((4, 6, 6, 16))
+  m = Conv(8, (1, 1))
+  v = m.init(jax.random.key(0), x)
+  # New functions each time: tracing is cached per function, whatever the backend says.
+  layers = lambda: {"1x1 conv": lambda x: m.apply(v, x), "max-pool": lambda x: max_pool_3x3_s2(x),
+                    "shift": lambda x: temporal_shift(x, 2, 8)}
+  for name, f in layers().items():
+    assert "custom_vjp_call" in str(jax.make_jaxpr(f)(x)), name
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  for name, f in layers().items():
+    jaxpr = str(jax.make_jaxpr(f)(x))
+    assert "custom_vjp_call" not in jaxpr and "platform_index" not in jaxpr, name

@@ -60,15 +60,23 @@ def _ones(value) -> bool:
   return value is None or (value == 1 if isinstance(value, int) else all(v == 1 for v in value))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _pointwise(x, w, b, precision):
+def _matmul(x, w, b, precision):
   """x (..., C_in) @ w (C_in, C_out) (+ b (C_out,))."""
   y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
   return y if b is None else y + b
 
 
+def _pointwise(x, w, b, precision):
+  """`_matmul` with its backward written out on CPU; autodiff's elsewhere (as on GPU before)."""
+  return winograd.cpu_or_default(lambda x, w, b: _written_out(x, w, b, precision),
+                                 lambda x, w, b: _matmul(x, w, b, precision), x, w, b)
+
+
+_written_out = jax.custom_vjp(_matmul, nondiff_argnums=(3,))
+
+
 def _pointwise_fwd(x, w, b, precision):
-  return _pointwise(x, w, b, precision), (x, w, b)
+  return _matmul(x, w, b, precision), (x, w, b)
 
 
 def _pointwise_bwd(precision, residuals, g):
@@ -78,7 +86,7 @@ def _pointwise_bwd(precision, residuals, g):
   return dx, weight_gradient(x.reshape(-1, x.shape[-1]), g2, precision), _bias_grad(g2, b)
 
 
-_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+_written_out.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 # A weight gradient x^T g transposes its narrower operand into a buffer of its own first when that

@@ -4,7 +4,8 @@ Autodiff of `nn.max_pool` is XLA's select-and-scatter, which XLA:CPU runs throug
 index and broadcast arrays of the padded input's size (~100 ms of a TSM-R50 batch-2 step,
 docs/benchmarks.md). Here the forward keeps which tap of each window held its first maximum in
 row-major order (as select-and-scatter and PyTorch's `max_pool2d` choose among ties), and the
-backward scatters with nine strided pads that XLA fuses into one pass.
+backward scatters with nine strided pads that XLA fuses into one pass. Off a CPU host the pool is
+`nn.max_pool` and its autodiff, the program that compiled and ran on GPU before this formulation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from aknet_jax.models import fusion
+from aknet_jax.models import winograd
 
 _TAPS = tuple((i, j) for i in range(3) for j in range(3))  # Row-major window order.
 
@@ -22,9 +24,13 @@ def _pool(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-@jax.custom_vjp
 def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
   """(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C): max over 3x3 windows, stride 2, -inf pad 1."""
+  return winograd.cpu_or_default(_written_out, _pool, x)
+
+
+@jax.custom_vjp
+def _written_out(x):
   return _pool(x)
 
 
@@ -62,4 +68,4 @@ def _bwd(residuals, g):
   return (dxp[:, 1:-1, 1:-1],)
 
 
-max_pool_3x3_s2.defvjp(_fwd, _bwd)
+_written_out.defvjp(_fwd, _bwd)

@@ -7,7 +7,8 @@ Computed as one elementwise select over the input and its two time-shifted copie
 (`fusion.unfused`): as a channel concatenation XLA:CPU copied the input twice (the slices, then
 the concatenate), and an inline select gets fused into the block's residual-add producer and
 recomputes it three times. Its gradient is the shift the other way (the transpose of a
-permutation with zeros), computed the same way.
+permutation with zeros), computed the same way. Off a CPU host the shift is the slices and channel
+concatenation and their autodiff, the program that compiled and ran on GPU before the select form.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from aknet_jax.models import fusion
+from aknet_jax.models import winograd
 
 
 def _select_shift(x: jnp.ndarray, fold: int, first_from_next: bool) -> jnp.ndarray:
@@ -46,11 +48,21 @@ _shift.defvjp(lambda x, fold: (_unfused_shift(x, fold, True), None),
               lambda fold, _, g: (_unfused_shift(g, fold, False),))
 
 
+def _concatenated_shift(x, fold):
+  """The same shift as slices and one channel concatenation (x (B, T, ..., C))."""
+  zeros = jnp.zeros_like(x[:, :1, ..., :fold])
+  from_next = jnp.concatenate([x[:, 1:, ..., :fold], zeros], axis=1)
+  from_prev = jnp.concatenate([zeros, x[:, :-1, ..., fold:2 * fold]], axis=1)
+  return jnp.concatenate([from_next, from_prev, x[..., 2 * fold:]], axis=-1)
+
+
 def temporal_shift(x: jnp.ndarray, num_segments: int, shift_div: int) -> jnp.ndarray:
   """Shifts x (B*T, H, W, C), clip-major (row b*T + t), along time; returns the same shape."""
   n, c = x.shape[0], x.shape[-1]
   if n % num_segments:
     raise ValueError(f"temporal_shift: leading axis {n} is not a multiple of "
                      f"config.dataset.num_segments={num_segments} (devices must hold whole clips)")
-  y = _shift(x.reshape((n // num_segments, num_segments) + x.shape[1:]), c // shift_div)
+  clips = x.reshape((n // num_segments, num_segments) + x.shape[1:])
+  y = winograd.cpu_or_default(functools.partial(_shift, fold=c // shift_div),
+                              functools.partial(_concatenated_shift, fold=c // shift_div), clips)
   return y.reshape(x.shape)
