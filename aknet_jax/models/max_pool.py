@@ -4,11 +4,15 @@ Autodiff of `nn.max_pool` is XLA's select-and-scatter, which XLA:CPU runs throug
 index and broadcast arrays of the padded input's size (~100 ms of a TSM-R50 batch-2 step,
 docs/benchmarks.md). Here the forward keeps which tap of each window held its first maximum in
 row-major order (as select-and-scatter and PyTorch's `max_pool2d` choose among ties), and the
-backward scatters with nine strided pads that XLA fuses into one pass. Off a CPU host the pool is
-`nn.max_pool` and its autodiff, the program that compiled and ran on GPU before this formulation.
+backward scatters with nine strided pads that XLA fuses into one pass. Without a gradient
+(inference) the max is the same nine strided taps, one elementwise pass, where XLA:CPU's
+reduce-window took 2.5-3x as long (docs/benchmarks.md, "twelfth session"). Off a CPU host the pool
+is `nn.max_pool` and its autodiff, the program that compiled and ran on GPU before this one.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -31,16 +35,21 @@ def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
 
 @jax.custom_vjp
 def _written_out(x):
-  return _pool(x)
+  return functools.reduce(jnp.maximum, _taps(x))
+
+
+def _taps(x):
+  """The nine (N, ceil(H/2), ceil(W/2), C) strided views of x padded with -inf, in _TAPS order."""
+  h, w = x.shape[1:3]
+  ho, wo = (h + 1) // 2, (w + 1) // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return [xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2] for i, j in _TAPS]
 
 
 def _max_and_first(x):
   """(max over each window, int8 index of its first maximum's tap in row-major order)."""
-  n, h, w, c = x.shape
-  ho, wo = (h + 1) // 2, (w + 1) // 2
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  taps = [xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2] for i, j in _TAPS]
-  y, first = taps[0], jnp.zeros((n, ho, wo, c), jnp.int8)
+  taps = _taps(x)
+  y, first = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
   for k in range(1, len(_TAPS)):
     later = (taps[k] > y) | (jnp.isnan(taps[k]) & ~jnp.isnan(y))  # Ties keep the first (torch).
     y, first = jnp.where(later, taps[k], y), jnp.where(later, jnp.int8(k), first)
