@@ -146,6 +146,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, out: str, *,
   from aknet_jax import models  # pylint: disable=g-import-not-at-top
   from aknet_jax.checkpoints import restore  # pylint: disable=g-import-not-at-top
   from aknet_jax.data import augment, source  # pylint: disable=g-import-not-at-top
+  from aknet_jax.models import winograd  # pylint: disable=g-import-not-at-top
   if not out:
     raise ValueError("--out is required: the directory model.stablehlo and model.json go to")
   if os.path.exists(out) and not os.path.isdir(out):
@@ -163,7 +164,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, out: str, *,
   shape, layout = clip_layout(config)
   batch = jax.export.symbolic_shape("batch")[0]
   spec = jax.ShapeDtypeStruct((batch, *shape[1:]), jnp.float32)
-  exported = jax.export.export(jax.jit(fn), platforms=platforms)(spec)
+  with winograd.lowering_for(platforms):  # CPU's formulations in the CPU module only.
+    exported = jax.export.export(jax.jit(fn), platforms=platforms)(spec)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, STABLEHLO), "wb") as f:
     f.write(exported.serialize())
@@ -189,7 +191,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, out: str, *,
     meta["keypoints_note"] = ("int32 (B[, V], N, 3): each keypoint's (x, y, t) feature cell, "
                               f"ranked; x, y cells of {models.feature_stride(config)} px")
   if saved_model:
-    reason = _saved_model(fn, shape, os.path.join(out, SAVED_MODEL), platforms)
+    with winograd.lowering_for(platforms):
+      reason = _saved_model(fn, shape, os.path.join(out, SAVED_MODEL), platforms)
     meta["saved_model"] = SAVED_MODEL if not reason else f"skipped: {reason}"
   with open(os.path.join(out, META), "w") as f:
     json.dump(meta, f, indent=1)

@@ -172,16 +172,23 @@ def test_weight_gradient_up_to_64_channels_is_xla_convolution(channels, convolut
   assert grads.lower(x, w).compile().as_text().count(" convolution(") == convolutions
 
 
-def test_a_program_built_off_cpu_holds_no_cpu_formulation(monkeypatch):
-  """On a GPU/TPU host the layers trace XLA's own convolution only: `platform_dependent` would
-  lower the CPU branch (Winograd's matmuls, their transposes) into the program too."""
+def test_a_program_holds_the_formulation_of_the_platforms_it_is_lowered_for(monkeypatch):
+  """A jit traces one formulation: Winograd's matmuls on a CPU host, XLA's convolution on a GPU /
+  TPU host (`platform_dependent` would trace and differentiate both, and off CPU lower both into
+  the program). An export for several platforms (`lowering_for`) carries each its own."""
   x = jnp.ones((8, 28, 28, 64))
   m = Conv(64, (3, 3), padding=((1, 1), (1, 1)))
   v = m.init(jax.random.key(0), x)
   # A new jit each time: tracing is cached per function, whatever the backend says.
   grads = lambda: jax.jit(jax.grad(lambda v, x: jnp.sum(m.apply(v, x) ** 2), argnums=(0, 1)))
-  on_cpu = grads().trace(v, x).lower(lowering_platforms=("cpu",)).as_text()
-  assert "stablehlo.case" in on_cpu and "dot_general" in on_cpu
+  on_cpu = grads().trace(v, x)
+  assert "platform_index" not in str(on_cpu.jaxpr)
+  assert "dot_general" in on_cpu.lower(lowering_platforms=("cpu",)).as_text()
+  with winograd.lowering_for(("cpu", "cuda")):
+    both = grads().trace(v, x)
+  assert "platform_index" in str(both.jaxpr)
+  both = both.lower(lowering_platforms=("cpu", "cuda")).as_text()
+  assert "dot_general" in both and "convolution" in both
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   on_gpu = grads().trace(v, x).lower(lowering_platforms=("cuda",)).as_text()
   assert "stablehlo.case" not in on_gpu and "dot_general" not in on_gpu

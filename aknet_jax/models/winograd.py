@@ -44,6 +44,7 @@ DIRECT_WGRAD_MAX_CHANNELS = 64
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 _DIRECT = contextvars.ContextVar("aknet_winograd_direct", default=False)
+_PLATFORMS = contextvars.ContextVar("aknet_lowering_platforms", default=None)
 
 
 @contextlib.contextmanager
@@ -63,15 +64,29 @@ def in_direct_form() -> bool:
   return _DIRECT.get()
 
 
+@contextlib.contextmanager
+def lowering_for(platforms):
+  """Functions traced inside are lowered for `platforms` (e.g. an export for CPU and CUDA from one
+  host): `cpu_or_default` then lets the lowering choose per platform."""
+  token = _PLATFORMS.set(tuple(platforms))
+  try:
+    yield
+  finally:
+    _PLATFORMS.reset(token)
+
+
 def cpu_or_default(cpu, default, *args):
   """cpu(*args) in a program for CPU; default(*args) elsewhere and in `direct_form()`.
 
-  Off a CPU host the CPU formulations are not traced at all: `platform_dependent` lowers every
-  branch into the program (a case on a constant index) and leaves XLA to drop the others. On a
-  CPU host it keeps the choice to the lowering platform (a program exported for GPU gets default).
+  An ordinary `jit` lowers for the default backend: on a CPU host only cpu is traced, off one only
+  default (`platform_dependent` would trace and differentiate both, and off CPU lower every branch
+  into the program). Inside `lowering_for` several platforms, `platform_dependent` chooses.
   """
-  if in_direct_form() or jax.default_backend() != "cpu":
+  platforms = _PLATFORMS.get() or (jax.default_backend(),)
+  if in_direct_form() or "cpu" not in platforms:
     return default(*args)
+  if len(platforms) == 1:
+    return cpu(*args)
   return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
 
 
