@@ -25,11 +25,17 @@ import jax.numpy as jnp
 # transform B^T and the output transform A^T are written out below as the sums they are.
 
 # Below these sizes XLA:CPU's direct kernel wins or ties (`python -m aknet_jax.conv_bench`,
-# docs/benchmarks.md): with 16-32 channels the 16 matmuls are too thin; with 392 tiles (8 frames
-# at 14x14) or fewer, too short (forward + backward 28.9 vs 29.0 ms). At 784 tiles (16 frames at
-# 14x14, res4 of a 2-clip training step) Winograd's forward + backward is 45 ms against 58.
+# docs/benchmarks.md): with 16-32 channels the 16 matmuls are too thin; with fewer than 512 tiles,
+# too short. At 784 tiles (16 frames at 14x14, res4 of a 2-clip training step) Winograd's forward
+# + backward is 45 ms against 58.
 MIN_CHANNELS = 64
 MIN_TILES = 512
+# From 256 channels, 392 tiles suffice (8 frames at 14x14: res4 of one clip, batch-1 inference):
+# forward 0.66-0.80x XLA's, forward + backward 0.88-0.94x on the Zen 5 host (a tie on the sixth
+# session's host). At 104-128 channels 392 tiles tie or lose (forward 0.92-1.07x), and 196 tiles
+# at 256 lose (forward + backward 1.13x).
+WIDE_CHANNELS = 256
+WIDE_MIN_TILES = 392
 # Narrower layers from THIN_MIN_TILES tiles, where XLA's kernel runs them slowly: TEA's Res2Net
 # splits (26 channels at 56x56, 52 at 28x28) forward in 0.66-0.75x of its time (their backward
 # stays XLA's, `conv3x3`). At multiples of 32 channels XLA's kernel ties or wins (56x56x32,
@@ -108,7 +114,7 @@ def applies(input_shape, features: int, dtype) -> bool:
     return False
   narrow, tiles = min(c, features), n * h * w // 4
   if narrow >= MIN_CHANNELS:
-    return tiles >= MIN_TILES
+    return tiles >= (WIDE_MIN_TILES if narrow >= WIDE_CHANNELS else MIN_TILES)
   return narrow >= THIN_MIN_CHANNELS and narrow % 32 != 0 and tiles >= THIN_MIN_TILES
 
 
