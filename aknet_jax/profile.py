@@ -2,11 +2,13 @@
 
   python -m aknet_jax.profile --config=configs/ssv2.py [--batch=1,8] [--json=FILE] [--reps=5]
       [--transform_modes=full,lowrank,none] [--parts] [--train_batch=B] [--ops]
-      [--against=torch [--processes=K]]
+      [--against=torch] [--processes=K]
 
 Latency is the jitted inference function after warm-up, the device synchronised after every call;
 the models of one batch size are timed in interleaved rounds (`aknet_jax.cost`). `--parts` times
-AK-Net piece by piece (F, keypoint selection, T, Q, head) to show where its time goes. Weights are
+AK-Net piece by piece (F, keypoint selection, T, Q, head) to show where its time goes.
+`--processes=K` repeats the run in K fresh processes and reports each one's paired ratios and their
+median: a process's state moves a CPU ratio by more than its rounds' spread. Weights are
 random (He-normal, drawn with NumPy): timing does not depend on their values, and it avoids
 initialising the ~270 M-parameter full transform net with threefry. With bf16 on a known
 accelerator the training step also reports its MFU.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +59,7 @@ def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, war
       ak.model.aknet.transform_mode, ak.model.aknet.point_stride = mode, stride
       aks.append((ak, "aknet"))
   report = {"device": device_name(), "backend": jax.default_backend(),
+            "load_average": list(os.getloadavg()),
             "config": {"backbone": config.model.backbone, "depth": int(config.model.depth),
                        "width": int(config.model.width),
                        "frames": int(config.dataset.num_segments),
@@ -148,6 +152,52 @@ def format_report(report: dict) -> str:
   return "\n".join(lines)
 
 
+def combine(reports: list[dict]) -> dict:
+  """`run` reports of fresh processes as each one's paired ratios per row and their median:
+  {'processes', 'inference': [{model, batch, macs_ratio, paired: [...], median}],
+  'train': [{name, batch, paired, median}]} (the baseline's own training row left out)."""
+  def rows(report):
+    inf = {(r["model"], r["batch"]): r for r in report["ratios"]}
+    train = {(t["name"], t["batch"]): t for t in report["train"] if "step_ratio_paired" in t}
+    return inf, train
+
+  per_process = [rows(r) for r in reports]
+  first_inf, first_train = per_process[0]
+  if any(list(i) != list(first_inf) or list(t) != list(first_train) for i, t in per_process):
+    raise ValueError("the processes' reports time different things; run them with the same flags")
+  inference = []
+  for key, r in first_inf.items():
+    paired = [i[key]["latency_ratio_paired"] for i, _ in per_process]
+    inference.append({"model": key[0], "batch": key[1], "macs_ratio": r["macs_ratio"],
+                      "paired": paired, "median": statistics.median(paired)})
+  train = []
+  for key in first_train:
+    paired = [t[key]["step_ratio_paired"] for _, t in per_process]
+    train.append({"name": key[0], "batch": key[1], "paired": paired,
+                  "median": statistics.median(paired)})
+  return {"processes": reports, "inference": inference, "train": train}
+
+
+def format_combined(combined: dict) -> str:
+  """Markdown of a `combine` result: each process's paired ratio and the median across them."""
+  loads = ", ".join(f"{r['load_average'][0]:.2f}" for r in combined["processes"])
+  lines = [f"Ratios to the baseline in {len(combined['processes'])} fresh processes, one after "
+           f"another (each the paired median of its rounds; 1-minute load average at their "
+           f"starts: {loads}):", "",
+           "| model | batch | MACs ratio | latency ratio per process | median | − MACs ratio |",
+           "|---|---:|---:|---|---:|---:|"]
+  for r in combined["inference"]:
+    lines.append(f"| {r['model']} | {r['batch']} | {r['macs_ratio']:.3f} | "
+                 f"{', '.join(f'{x:.3f}' for x in r['paired'])} | **{r['median']:.3f}** | "
+                 f"{r['median'] - r['macs_ratio']:+.3f} |")
+  if combined["train"]:
+    lines += ["", "| training step / the baseline's | batch | per process | median |",
+              "|---|---:|---|---:|"]
+    lines += [f"| {t['name']} | {t['batch']} | {', '.join(f'{x:.3f}' for x in t['paired'])} | "
+              f"**{t['median']:.3f}** |" for t in combined["train"]]
+  return "\n".join(lines)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -175,9 +225,10 @@ def define_flags():
   flags.DEFINE_enum("against", None, ["torch"], "Instead: time the config's TSN / TSM against "
                     "the PyTorch reference with the same weights (needs the convert extra); with stage=2 "
                     "AK-Net's training step is timed against the torch baseline's too.")
-  flags.DEFINE_integer("processes", 1, "With --against=torch: run the comparison in this many "
-                       "fresh processes, one after another, and report each one's median ratios "
-                       "and their median (a process's state moves a CPU ratio by up to 0.1).")
+  flags.DEFINE_integer("processes", 1, "Run the comparison (AK-Net against its baseline, or "
+                       "--against=torch) in this many fresh processes, one after another, and "
+                       "report each one's median ratios and their median (a process's state moves "
+                       "a CPU ratio by up to 0.1).")
 
 
 def child_argv(argv: list[str], json_path: str) -> list[str]:
@@ -194,8 +245,8 @@ def child_argv(argv: list[str], json_path: str) -> list[str]:
 
 
 def _in_fresh_processes(k: int) -> list[dict]:
-  """The --against=torch report of each of k runs of this command, one after another, in fresh
-  processes (their own tables print as they finish)."""
+  """The JSON report of each of k runs of this command, one after another, in fresh processes
+  (their own tables print as they finish)."""
   reports = []
   with tempfile.TemporaryDirectory() as tmp:
     for i in range(k):
@@ -218,8 +269,9 @@ def main(argv):
   if not batches or min(batches) < 1 or FLAGS.reps < 1:
     cli.fail("--batch values and --reps must be >= 1")
   train_batch = max(batches) if FLAGS.train_batch < 0 else FLAGS.train_batch
-  if FLAGS.processes < 1 or (FLAGS.processes > 1 and FLAGS.against != "torch"):
-    cli.fail(f"--processes={FLAGS.processes}: must be >= 1, and above 1 only with --against=torch")
+  if FLAGS.processes < 1 or (FLAGS.processes > 1 and FLAGS.ops):
+    cli.fail(f"--processes={FLAGS.processes}: must be >= 1, and 1 with --ops (an op profile is "
+             "not a ratio)")
   if FLAGS.ops:
     from aknet_jax import op_profile  # pylint: disable=g-import-not-at-top
     kind = workdir_lib.STAGE_KINDS["2" if str(FLAGS.config.stage) == "2" else "1"]
@@ -233,6 +285,12 @@ def main(argv):
     from aknet_jax import against_torch  # pylint: disable=g-import-not-at-top (imports torch)
     combined = cli.call(against_torch.combine, _in_fresh_processes(FLAGS.processes))
     print(against_torch.format_combined(combined))
+    if FLAGS.json:
+      cli.call(workdir_lib.write_json, FLAGS.json, combined)
+    return
+  if FLAGS.processes > 1:
+    combined = cli.call(combine, _in_fresh_processes(FLAGS.processes))
+    print(format_combined(combined))
     if FLAGS.json:
       cli.call(workdir_lib.write_json, FLAGS.json, combined)
     return

@@ -48,6 +48,29 @@ def test_cli_writes_the_json_report_with_both_models_per_batch(tmp_path):
   assert "| TSM | 2 |" in res.stdout and "latency ratio" in res.stdout
 
 
+def test_fresh_processes_report_each_ones_paired_ratios_and_their_median(tmp_path):
+  """--processes=2: two child runs, each row's paired ratio per process and the median."""
+  out = tmp_path / "combined.json"
+  cmd = [sys.executable, "-m", "aknet_jax.profile", "--config=configs/synthetic.py:tiny",
+         "--batch=2", "--reps=2", "--train_batch=0", "--processes=2", f"--json={out}"]
+  res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  combined = json.loads(out.read_text())
+  assert len(combined["processes"]) == 2 and combined["train"] == []
+  (row,) = combined["inference"]
+  per_process = [p["ratios"][0]["latency_ratio_paired"] for p in combined["processes"]]
+  assert row["paired"] == per_process and row["batch"] == 2
+  assert math.isclose(row["median"], float(np.median(per_process)))
+  assert all(isinstance(p["load_average"][0], float) for p in combined["processes"])
+  assert "in 2 fresh processes" in res.stdout and f"**{row['median']:.3f}**" in res.stdout
+  # Each child printed its own tables first.
+  assert res.stdout.count("Ratios to the baseline (paired") == 2
+  from aknet_jax import profile  # pylint: disable=g-import-not-at-top
+  combined["processes"][1]["ratios"] = []
+  with pytest.raises(ValueError, match="time different things"):
+    profile.combine(combined["processes"])
+
+
 def test_train_step_throughput_entries_in_interleaved_rounds():
   cfg = load_config("synthetic", "tiny,backbone=tsn")
   ak = load_config("synthetic", "tiny,backbone=tsn,stage=2")
