@@ -144,10 +144,12 @@ def kernel_transform_transpose(du):
   return jnp.stack([jnp.stack(_gt_rows(r[0], r[1], r[2], r[3])) for r in rows])
 
 
-def _input_transform(x):
-  """(N, H, W, C), H and W even -> B^T d B of every 4x4 tile at stride 2: (16, N*H/2*W/2, C)."""
+def _input_tiles(x):
+  """(N, H, W, C), H and W even -> B^T d B of every 4x4 tile at stride 2, as 16 (N*H/2*W/2, C)
+  arrays, one per tile position (row-major). Kept apart, each feeds its own matmul: stacked into
+  one (16, tiles, C) operand, XLA:CPU wrote the 16 parts and then copied them into the stack
+  (1.1 ms of 6.5 per res2 layer at one clip; docs/benchmarks.md, "thirteenth session")."""
   n, h, w, c = x.shape
-  ty, tx = h // 2, w // 2
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   r = [xp[:, a:a + h:2] for a in range(4)]  # Tile row a of every tile: (N, TY, W + 2, C).
   rows = (r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])
@@ -155,7 +157,11 @@ def _input_transform(x):
   for v in rows:
     col = [v[:, :, b:b + w:2] for b in range(4)]
     tiles += [col[0] - col[2], col[1] + col[2], col[2] - col[1], col[1] - col[3]]
-  return jnp.stack(tiles).reshape(16, n * ty * tx, c)
+  return [t.reshape(-1, c) for t in tiles]
+
+
+def _matmul(a, b, precision, contract=((1,), (0,))):
+  return jax.lax.dot_general(a, b, (contract, ((), ())), precision=precision)
 
 
 def sum_rows(m):
@@ -172,11 +178,12 @@ def _forward(x, w, precision):
   n, h, wd, _ = x.shape
   k = w.shape[-1]
   u = kernel_transform(w)
-  m = jax.lax.dot_general(_input_transform(x), u.reshape(16, *u.shape[2:]),
-                          (((2,), (1,)), ((0,), (0,))), precision=precision)
-  m = m.reshape(4, 4, n, h // 2, wd // 2, k)
+  m = [_matmul(t, u[i // 4, i % 4], precision).reshape(n, h // 2, wd // 2, k)
+       for i, t in enumerate(_input_tiles(x))]
+  m = [m[4 * i:4 * i + 4] for i in range(4)]  # m[row][column] of the 4x4 tile positions.
   # A^T m A: rows (m0 + m1 + m2, m1 - m2 - m3), then the same over columns.
-  o = (m[0] + m[1] + m[2], m[1] - m[2] - m[3])
+  o = ([a + b + c for a, b, c in zip(m[0], m[1], m[2])],
+       [b - c - d for b, c, d in zip(m[1], m[2], m[3])])
   y = [jnp.stack((oi[0] + oi[1] + oi[2], oi[1] - oi[2] - oi[3]), axis=3) for oi in o]
   return jnp.stack(y, axis=2).reshape(n, h, wd, k)  # (N, TY, 2, TX, 2, K) interleaved.
 
@@ -205,15 +212,14 @@ def _winograd_bwd(precision, direct_backward, residuals, g):
   if direct_backward or max(x.shape[-1], k) <= DIRECT_WGRAD_MAX_CHANNELS:
     dw = jax.vjp(lambda w: direct(x, w, precision=precision), w)[1](g)[0]
     return dx, dw, None if b is None else sum_rows(g.reshape(-1, k)).astype(b.dtype)
-  # The output transform's transpose, A g A^T per 2x2 tile of g: (16, tiles, K).
+  # The output transform's transpose, A g A^T per 2x2 tile of g: 16 (tiles, K) arrays.
   g0, g1 = g[:, 0::2], g[:, 1::2]
   dm = []
   for row in (g0, g0 + g1, g0 - g1, -g1):
     c0, c1 = row[:, :, 0::2], row[:, :, 1::2]
-    dm += [c0, c0 + c1, c0 - c1, -c1]
-  dm = jnp.stack(dm).reshape(16, n * (h // 2) * (wd // 2), k)
-  du = jax.lax.dot_general(_input_transform(x), dm, (((1,), (1,)), ((0,), (0,))),
-                           precision=precision).reshape(4, 4, -1, k)
+    dm += [c.reshape(-1, k) for c in (c0, c0 + c1, c0 - c1, -c1)]
+  du = jnp.stack([_matmul(t, d, precision, ((0,), (0,)))
+                  for t, d in zip(_input_tiles(x), dm)]).reshape(4, 4, -1, k)
   dw = kernel_transform_transpose(du)
   # dm[5] = (g0 + g1) over columns c0 + c1: each 2x2 tile's sum, so its rows sum to g's.
   db = None if b is None else sum_rows(dm[5]).astype(b.dtype)
