@@ -1,11 +1,13 @@
 """ResNet tables, backbone shapes / stages / partial BN / init, and the backbone's input checks."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from aknet_jax import config as config_lib
+from aknet_jax.models import batch_norm
 from aknet_jax.models import resnet
 from aknet_jax import models
 
@@ -153,3 +155,45 @@ def test_bad_input_raises_one_line_value_error(change, shape, match):
   with pytest.raises(ValueError, match=match) as info:  # Raised before any computation.
     models.build(c, "backbone").init(jax.random.key(0), frames, train=False, upto=upto)
   assert "\n" not in str(info.value)
+
+
+class _End(nn.Module):
+  """A block's end, `resnet.residual_end`, with or without a shortcut BN."""
+  train: bool
+  shortcut_bn: bool
+
+  @nn.compact
+  def __call__(self, h, x):
+    norm = batch_norm.norm_layer(train=self.train, momentum=0.9, axis_name=None,
+                                 dtype=jnp.float32)
+    return resnet.residual_end(h, norm(name="bn3"), x,
+                               norm(name="downsample_bn") if self.shortcut_bn else None)
+
+
+def _inline_end(v, h, x, shortcut_bn):
+  """The same with flax's own BatchNorm, called inline: relu(bn(h) + bn'(x))."""
+  bn = lambda name, z: nn.BatchNorm(use_running_average=True, epsilon=1e-5).apply(  # noqa: E731
+      {"params": v["params"][name], "batch_stats": v["batch_stats"][name]}, z)
+  return nn.relu(bn("bn3", h) + (bn("downsample_bn", x) if shortcut_bn else x))
+
+
+@pytest.mark.parametrize("shortcut_bn", [False, True])
+def test_block_end_at_inference_is_one_unfused_pass_with_the_inline_values(shortcut_bn):
+  """At inference the BNs, the residual sum and the ReLU of a block's end run in one conditional
+  on CPU (so the next block reads a buffer, not a recomputed chain): values and input gradients
+  equal the inline expression with flax's BatchNorm; training keeps the inline form."""
+  h, x = (jax.random.normal(jax.random.key(i), (2, 3, 4, 6)) for i in (1, 2))
+  end = _End(train=False, shortcut_bn=shortcut_bn)
+  v = end.init(jax.random.key(0), h, x)
+  v = jax.tree.map(lambda a: jnp.abs(a + 0.3 * jax.random.normal(jax.random.key(3), a.shape)), v)
+  np.testing.assert_allclose(end.apply(v, h, x), _inline_end(v, h, x, shortcut_bn),
+                             rtol=1e-6, atol=1e-6)
+  g = jax.random.normal(jax.random.key(4), h.shape)
+  grads = [jax.grad(lambda h, x: jnp.sum(f(h, x) * g), argnums=(0, 1))(h, x)
+           for f in (lambda h, x: end.apply(v, h, x), lambda h, x: _inline_end(v, h, x, shortcut_bn))]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert " conditional(" in jax.jit(end.apply).lower(v, h, x).compile().as_text()
+  train = _End(train=True, shortcut_bn=shortcut_bn)
+  program = jax.jit(lambda v, h, x: train.apply(v, h, x, mutable=["batch_stats"]))
+  assert " conditional(" not in program.lower(v, h, x).compile().as_text()

@@ -90,6 +90,25 @@ class BatchNorm(nn.BatchNorm):
     return y.astype(self.dtype or x.dtype)
 
 
+def frozen_affine(bn: nn.BatchNorm):
+  """`fn(x)` computing what the bound eval-mode BatchNorm `bn` computes, (x - mean) * (rsqrt(var +
+  eps) * scale) + bias in flax's order of operations, from its variables, without calling it; and
+  the arrays fn reads. None while initialising, in training, or where flax's BN would not compute
+  exactly this (no scale or bias, another feature axis)."""
+  if (not bn.use_running_average or bn.is_initializing() or bn.axis not in (-1,)
+          or not (bn.use_scale and bn.use_bias)):
+    return None
+  v = bn.variables
+  arrays = (v["batch_stats"]["mean"], v["batch_stats"]["var"], v["params"]["scale"],
+            v["params"]["bias"])
+
+  def fn(x, mean, var, scale, bias):
+    y = (x - mean) * (jax.lax.rsqrt(var + bn.epsilon) * scale) + bias
+    return y.astype(bn.dtype or y.dtype)
+
+  return fn, arrays
+
+
 def norm_layer(*, train: bool, momentum: float, axis_name: str | None, dtype) -> functools.partial:
   """The BatchNorm every module of ours uses: PyTorch's eps 1e-5, exact two-pass variance."""
   return functools.partial(BatchNorm, use_running_average=not train, momentum=momentum,

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aknet_jax.models import batch_norm
+from aknet_jax.models import fusion
 from aknet_jax.models import tada
 from aknet_jax.models import tdn
 from aknet_jax.models import tea
@@ -76,11 +78,30 @@ def is_frozen_bn_path(path_tuple) -> bool:
   return False
 
 
-def _downsample(x, out_ch, strides, conv, norm):
-  """1x1 strided conv + BN on the shortcut (torch `downsample.0/1`)."""
-  y = conv(out_ch, (1, 1), strides=strides, padding="VALID",
-           bias_init=torch_bias_init(x.shape[-1]), name="downsample_conv")(x)
-  return norm(name="downsample_bn")(y)
+def _downsample_conv(x, out_ch, strides, conv):
+  """The shortcut's 1x1 strided conv (torch `downsample.0`); its BN is `downsample_bn`."""
+  return conv(out_ch, (1, 1), strides=strides, padding="VALID",
+              bias_init=torch_bias_init(x.shape[-1]), name="downsample_conv")(x)
+
+
+def residual_end(h, bn, shortcut, shortcut_bn=None):
+  """relu(bn(h) + shortcut), the shortcut through `shortcut_bn` where the block has one.
+
+  At inference on CPU the BNs, the sum and the ReLU run in one unfused pass from the raw conv
+  outputs (`fusion.unfused`): inline, XLA:CPU also fused each block's output into the next block's
+  sum, so every block recomputed its stage's residual chain from the first block on (res4's last
+  block re-read 7 conv outputs; docs/benchmarks.md, "thirteenth session"). Same operations, so
+  the same values.
+  """
+  affines = [batch_norm.frozen_affine(b) for b in (bn, shortcut_bn) if b is not None]
+  if not all(affines):
+    return nn.relu(bn(h) + (shortcut if shortcut_bn is None else shortcut_bn(shortcut)))
+  (f, fa), rest = affines[0], affines[1:]
+
+  def end(h, fa, shortcut, ga):
+    return nn.relu(f(h, *fa) + (rest[0][0](shortcut, *ga) if rest else shortcut))
+
+  return fusion.unfused(end, h, fa, shortcut, rest[0][1] if rest else ())
 
 
 class BasicBlock(nn.Module):
@@ -105,10 +126,10 @@ class BasicBlock(nn.Module):
     h = nn.relu(self.norm(name="bn1")(h))
     h = self.conv(self.planes, (3, 3), padding=((1, 1), (1, 1)),
                   bias_init=torch_bias_init(self.planes * 9), name="conv2")(h)
-    h = self.norm(name="bn2")(h)
     if s != 1 or cin != self.planes:
-      x = _downsample(x, self.planes, s, self.conv, self.norm)
-    return nn.relu(h + x)
+      return residual_end(h, self.norm(name="bn2"), _downsample_conv(x, self.planes, s, self.conv),
+                          self.norm(name="downsample_bn"))
+    return residual_end(h, self.norm(name="bn2"), x)
 
 
 class Bottleneck(nn.Module):
@@ -143,10 +164,10 @@ class Bottleneck(nn.Module):
       h = nn.relu(self.norm(name="bn2")(h))
     h = self.conv(out_ch, (1, 1), padding="VALID", bias_init=torch_bias_init(self.planes),
                   name="conv3")(h)
-    h = self.norm(name="bn3")(h)
     if s != 1 or cin != out_ch:
-      x = _downsample(x, out_ch, s, self.conv, self.norm)
-    return nn.relu(h + x)
+      return residual_end(h, self.norm(name="bn3"), _downsample_conv(x, out_ch, s, self.conv),
+                          self.norm(name="downsample_bn"))
+    return residual_end(h, self.norm(name="bn3"), x)
 
 
 def block_class(depth: int):
