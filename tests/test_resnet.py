@@ -9,6 +9,7 @@ import pytest
 from aknet_jax import config as config_lib
 from aknet_jax.models import batch_norm
 from aknet_jax.models import resnet
+from aknet_jax.models import winograd
 from aknet_jax import models
 
 
@@ -197,3 +198,6 @@ def test_block_end_at_inference_is_one_unfused_pass_with_the_inline_values(short
   train = _End(train=True, shortcut_bn=shortcut_bn)
   program = jax.jit(lambda v, h, x: train.apply(v, h, x, mutable=["batch_stats"]))
   assert " conditional(" not in program.lower(v, h, x).compile().as_text()
+  # Off a CPU host (and in an export for several platforms) the inline form, as before.
+  with winograd.lowering_for(("cpu", "cuda")):
+    assert "cond" not in str(jax.make_jaxpr(lambda h, x: end.apply(v, h, x))(h, x))

@@ -19,6 +19,7 @@ from aknet_jax.models import fusion
 from aknet_jax.models import tada
 from aknet_jax.models import tdn
 from aknet_jax.models import tea
+from aknet_jax.models import winograd
 from aknet_jax.models.max_pool import max_pool_3x3_s2
 from aknet_jax.models.temporal_shift import temporal_shift
 
@@ -91,10 +92,10 @@ def residual_end(h, bn, shortcut, shortcut_bn=None):
   outputs (`fusion.unfused`): inline, XLA:CPU also fused each block's output into the next block's
   sum, so every block recomputed its stage's residual chain from the first block on (res4's last
   block re-read 7 conv outputs; docs/benchmarks.md, "thirteenth session"). Same operations, so
-  the same values.
+  the same values. Elsewhere (GPU, TPU, exports for several platforms) the inline form.
   """
   affines = [batch_norm.frozen_affine(b) for b in (bn, shortcut_bn) if b is not None]
-  if not all(affines):
+  if not (winograd.cpu_only() and all(affines)):
     return nn.relu(bn(h) + (shortcut if shortcut_bn is None else shortcut_bn(shortcut)))
   (f, fa), rest = affines[0], affines[1:]
 

@@ -81,6 +81,12 @@ def lowering_for(platforms):
     _PLATFORMS.reset(token)
 
 
+def cpu_only() -> bool:
+  """Whether functions traced now are lowered for CPU alone (a plain `jit` on a CPU host, not in
+  `direct_form`): where a CPU-only formulation may replace the plain one outright."""
+  return not in_direct_form() and tuple(_PLATFORMS.get() or (jax.default_backend(),)) == ("cpu",)
+
+
 def cpu_or_default(cpu, default, *args):
   """cpu(*args) in a program for CPU; default(*args) elsewhere and in `direct_form()`.
 
@@ -161,6 +167,7 @@ def _input_tiles(x):
 
 
 def _matmul(a, b, precision, contract=((1,), (0,))):
+  """A 2D dot_general contracting `contract` (a's rows times b by default)."""
   return jax.lax.dot_general(a, b, (contract, ((), ())), precision=precision)
 
 
