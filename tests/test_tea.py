@@ -283,14 +283,18 @@ class _FullResolutionME(tea.MotionExcitation):
 @pytest.mark.parametrize("shape,train", [((8, 7, 6, 32), True), ((4, 5, 5, 40), False),
                                          ((4, 3, 4, 12), True)])  # 12 channels: one ME channel.
 def test_motion_excitation_from_window_means_equals_the_full_resolution_conv(shape, train):
-  """ME takes conv2's spatial mean from b's nine tap-window means: same variables, same values
-  and gradients (to 1e-5) as the depthwise conv at full resolution it replaces."""
+  """ME takes conv2's spatial mean from b's nine tap-window means (at inference, conv1 and bn1
+  run on x's window means): same variables, same values and gradients (to 1e-5) as the depthwise
+  conv at full resolution it replaces. BN's statistics and affine are random, so bn1's shift
+  (bias - mean * scale), which the inference form weighs by each window's share, is not 0."""
   from aknet_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
   conv = functools.partial(conv_lib.Conv, kernel_init=jax.nn.initializers.normal(0.3))
   norm = norm_layer(train=train, momentum=0.1, axis_name=None, dtype=jnp.float32)
   ours, ref = (m(T, conv, norm) for m in (tea.MotionExcitation, _FullResolutionME))
   x = jax.random.normal(jax.random.key(1), shape)
   v = ref.init(jax.random.key(0), x)
+  keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(v))))
+  v = jax.tree.map(lambda a: a + jax.random.uniform(next(keys), a.shape, minval=0.2), v)
   assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(v)
   apply = lambda m: (lambda v, x: m.apply(v, x, mutable=["batch_stats"])[0])  # noqa: E731
   np.testing.assert_allclose(apply(ours)(v, x), apply(ref)(v, x), rtol=1e-5, atol=1e-5)

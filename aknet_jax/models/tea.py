@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from aknet_jax.models import tdn
+from aknet_jax.models import winograd
 
 ModuleDef = Any
 SCALE = 4  # Res2Net splits per block (26w x 4s).
@@ -77,21 +78,46 @@ class MotionExcitation(nn.Module):
   def __call__(self, x):
     n, c = x.shape[0], x.shape[-1]
     r, t = max(1, c // REDUCTION), self.num_segments  # max: >= 1 channel at widths under 16.
-    b = self.norm(name="bn1")(self.conv(r, (1, 1), padding="VALID", use_bias=False,
-                                        name="conv1")(x))
+    conv1 = self.conv(r, (1, 1), padding="VALID", use_bias=False, name="conv1")
+    bn1 = self.norm(name="bn1")
     conv2 = self.conv(r, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=r, use_bias=False,
                       name="conv2")
     # ME uses only the spatial mean of conv2(b). With zero padding one pixel wide, conv2's centre
     # output on a 3x3 grid is sum_uv k[u, v] z[u, v], so conv2 on the means of b's nine tap
     # windows gives that mean without the depthwise conv at full resolution (which XLA:CPU ran
     # at ~8 % of TEA's batch-1 time for next to no MACs).
-    means = window_means(b)
-    cb = conv2(means.astype(b.dtype))[:, 1, 1].astype(jnp.float32).reshape((n // t, t, r))
+    if _affine(bn1):
+      means = affine_window_means(x, conv1, bn1)
+    else:
+      means = window_means(bn1(conv1(x)))
+    dtype = bn1.dtype or x.dtype  # b's.
+    cb = conv2(means.astype(dtype))[:, 1, 1].astype(jnp.float32).reshape((n // t, t, r))
     mb = means[:, 1, 1].reshape((n // t, t, r))
     y = jnp.pad(cb[:, 1:] - mb[:, :-1], [(0, 0), (0, 1), (0, 0)]).reshape((n, 1, 1, r))
     y = self.norm(name="bn3")(self.conv(c, (1, 1), padding="VALID", use_bias=False,
-                                        name="conv3")(y.astype(b.dtype)))
+                                        name="conv3")(y.astype(dtype)))
     return x + x * (jax.nn.sigmoid(y) - 0.5)
+
+
+def _affine(bn) -> bool:
+  """Whether `bn` applies its running statistics (inference), outside MAC counting (which counts
+  ME's conv1 at full resolution, as defined)."""
+  frozen = bool(bn.use_running_average) and not bn.is_initializing()
+  return frozen and not winograd.in_direct_form()
+
+
+def affine_window_means(x, conv1, bn1) -> jnp.ndarray:
+  """window_means(bn1(conv1(x))) for a 1x1 conv1 and an inference-mode bn1 (y = a z + c): conv1
+  and bn1 on the window means of x. The means are linear in b, but a window of the map's
+  interior covers less than H * W (the divisor), so c enters with its window's share. conv1 at
+  full resolution (C -> C / 16, a thin matmul XLA:CPU ran at ~25 GMAC/s) took 9 ms of TEA's
+  batch 1: TEA 0.986x at batch 1, 0.977x at batch 8 (docs/benchmarks.md, fourteenth session)."""
+  h, w = x.shape[1:3]
+  means = conv1(window_means(x).astype(x.dtype))  # (N, 3, 3, r)
+  c = bn1(jnp.zeros((1, 1, 1, means.shape[-1]), means.dtype)).astype(jnp.float32)
+  share = jnp.asarray([[(h - (u != 1)) * (w - (v != 1)) / (h * w) for v in range(3)]
+                       for u in range(3)], jnp.float32)[None, :, :, None]
+  return bn1(means).astype(jnp.float32) - c * (1.0 - share)
 
 
 def window_means(b: jnp.ndarray) -> jnp.ndarray:
