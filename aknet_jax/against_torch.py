@@ -21,10 +21,11 @@ import ml_collections
 import numpy as np
 
 from aknet_jax import cost
+from aknet_jax import models
 from aknet_jax import host_memory
 from aknet_jax.checkpoints import torch_layout
-from aknet_jax.timing import (TRAIN_WARMUP, device_name, latency_stats, peak_tflops,
-                              time_interleaved)
+from aknet_jax.timing import (TRAIN_WARMUP, across_processes, device_name, latency_stats,
+                              peak_tflops, time_interleaved)
 
 
 def _torch_model(config: ml_collections.ConfigDict):
@@ -158,11 +159,7 @@ def combine(reports: list[dict]) -> dict:
         out[f"{t['aknet']['name']} step / the torch baseline's"] = t["aknet"]["ratio_median"]
     return out
 
-  per_process = [ratios(r) for r in reports]
-  labels = list(per_process[0])
-  if any(list(p) != labels for p in per_process):
-    raise ValueError("the processes' reports time different things; run them with the same flags")
-  by_label = {k: [p[k] for p in per_process] for k in labels}
+  by_label = across_processes([ratios(r) for r in reports])
   return {"processes": reports, "ratios": by_label,
           "median": {k: statistics.median(v) for k, v in by_label.items()}}
 
@@ -200,7 +197,8 @@ def format_report(report: dict) -> str:
   """Markdown of a `compare` report."""
   env = report["environment"]
   c = report["config"]
-  lines = [f"{c['backbone'].upper()} ResNet-{c['depth']}, {c['frames']} x {c['image_size']}², "
+  name = models.display_name(c["backbone"])
+  lines = [f"{name} ResNet-{c['depth']}, {c['frames']} x {c['image_size']}², "
            f"{'bf16 (JAX bf16 compute, torch autocast)' if c.get('bf16') else 'fp32'}; "
            f"{env['device']}; torch on {env.get('torch_device', 'cpu')}; load average "
            f"{', '.join(f'{x:.2f}' for x in env['load_average'])} at start; torch {env['torch']} "

@@ -25,7 +25,7 @@ from aknet_jax.train import optim, step as steps
 
 def model_name(config: ml_collections.ConfigDict, kind: str) -> str:
   """'TSM' for the baseline, 'AK-Net-TSM (res4, alpha 0.3, full, stride same)' for AK-Net."""
-  base = config.model.backbone.upper()
+  base = models.display_name(config.model.backbone)
   if kind != "aknet":
     return base
   a = config.model.aknet

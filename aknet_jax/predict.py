@@ -178,7 +178,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, video: str, *, top:
   views = eval_views(frames, cfg)
   probs, xyt = classifier([views])
   ranked = classifier.ranked(probs[0], top)
-  label = "AK-Net" if classifier.with_kp else cfg.model.backbone.upper()
+  label = "AK-Net" if classifier.with_kp else models.display_name(cfg.model.backbone)
   print(f"{video}: {len(frames)} frames; {label} checkpoint at step {classifier.step}")
   for rank, (name, p) in enumerate(ranked, start=1):
     print(f"{rank}. {name}  {p:.4f}")
@@ -212,7 +212,7 @@ def predict_windows(classifier: Classifier, video: str, frames: np.ndarray, fps:
         firsts.append(v if v.ndim == 4 else v[0])
       yield v
   probs, xyt = classifier(views(), batch_size=max(1, int(cfg.eval.batch_size)))
-  label = "AK-Net" if classifier.with_kp else cfg.model.backbone.upper()
+  label = "AK-Net" if classifier.with_kp else models.display_name(cfg.model.backbone)
   print(f"{video}: {len(frames)} frames at {fps:g} fps ({len(frames) / fps:.2f} s), "
         f"{len(spans)} windows of {window_seconds:g} s; {label} checkpoint at step "
         f"{classifier.step}")

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from aknet_jax import cli, config as config_lib, models, workdir as workdir_lib
 from aknet_jax.cost import (aknet_parts, model_name, profile_inference, profile_train_steps,
                             ratios)
-from aknet_jax.timing import TRAIN_WARMUP, device_name, random_variables
+from aknet_jax.timing import TRAIN_WARMUP, across_processes, device_name, random_variables
 
 
 def run(config: ml_collections.ConfigDict, batches: list[int], *, reps: int, warmup: int,
@@ -156,25 +156,20 @@ def combine(reports: list[dict]) -> dict:
   """`run` reports of fresh processes as each one's paired ratios per row and their median:
   {'processes', 'inference': [{model, batch, macs_ratio, paired: [...], median}],
   'train': [{name, batch, paired, median}]} (the baseline's own training row left out)."""
-  def rows(report):
-    inf = {(r["model"], r["batch"]): r for r in report["ratios"]}
-    train = {(t["name"], t["batch"]): t for t in report["train"] if "step_ratio_paired" in t}
-    return inf, train
-
-  per_process = [rows(r) for r in reports]
-  first_inf, first_train = per_process[0]
-  if any(list(i) != list(first_inf) or list(t) != list(first_train) for i, t in per_process):
-    raise ValueError("the processes' reports time different things; run them with the same flags")
-  inference = []
-  for key, r in first_inf.items():
-    paired = [i[key]["latency_ratio_paired"] for i, _ in per_process]
-    inference.append({"model": key[0], "batch": key[1], "macs_ratio": r["macs_ratio"],
-                      "paired": paired, "median": statistics.median(paired)})
-  train = []
-  for key in first_train:
-    paired = [t[key]["step_ratio_paired"] for _, t in per_process]
-    train.append({"name": key[0], "batch": key[1], "paired": paired,
-                  "median": statistics.median(paired)})
+  rows = across_processes([
+      {**{("inference", r["model"], r["batch"]): r for r in report["ratios"]},
+       **{("train", t["name"], t["batch"]): t for t in report["train"] if "step_ratio_paired" in t}}
+      for report in reports])
+  inference, train = [], []
+  for (part, name, batch), rs in rows.items():
+    if part == "inference":
+      paired = [r["latency_ratio_paired"] for r in rs]
+      inference.append({"model": name, "batch": batch, "macs_ratio": rs[0]["macs_ratio"],
+                        "paired": paired, "median": statistics.median(paired)})
+    else:
+      paired = [t["step_ratio_paired"] for t in rs]
+      train.append({"name": name, "batch": batch, "paired": paired,
+                    "median": statistics.median(paired)})
   return {"processes": reports, "inference": inference, "train": train}
 
 

@@ -89,3 +89,11 @@ def peak_tflops() -> float | None:
   return next((v for k, v in BF16_PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
 
 
+def across_processes(per_process: list[dict]) -> dict:
+  """{key: [each process's value]} of fresh processes' {key: value} rows, which must time the
+  same things in the same order: on CPU a process's state moves a ratio by up to 0.1, more than
+  its rounds' spread does (docs/benchmarks.md, "ninth session"), so ratios are medians of these."""
+  keys = list(per_process[0])
+  if any(list(p) != keys for p in per_process):
+    raise ValueError("the processes' reports time different things; run them with the same flags")
+  return {k: [p[k] for p in per_process] for k in keys}

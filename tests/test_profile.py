@@ -15,6 +15,15 @@ from aknet_jax import cost, models, timing
 from conftest import ROOT, load_config
 
 
+def test_reports_name_each_backbone_as_its_paper_writes_it():
+  """Model names in reports and logs: the backbone field upper-cased, but TAda2D as written."""
+  names = {b: cost.model_name(load_config("ssv2", f"backbone={b},stage=2"), "aknet")
+           for b in ("tsm", "tea", "tada2d")}
+  assert names["tada2d"] == "AK-Net-TAda2D (res4, alpha 0.3, none, stride squared)"
+  assert names["tsm"].startswith("AK-Net-TSM (") and names["tea"].startswith("AK-Net-TEA (")
+  assert cost.model_name(load_config("ssv2", "backbone=tada2d"), "video_net") == "TAda2D"
+
+
 def test_cli_writes_the_json_report_with_both_models_per_batch(tmp_path):
   out = tmp_path / "profile.json"
   cmd = [sys.executable, "-m", "aknet_jax.profile", "--config=configs/synthetic.py:tiny",

@@ -19,12 +19,12 @@ from aknet_jax.models import compaction
 from aknet_jax.models import resnet
 from aknet_jax.models import winograd
 from aknet_jax.models.aknet import AKNet
-from aknet_jax.models.backbone import VideoBackbone
+from aknet_jax.models.backbone import VideoBackbone, display_name
 from aknet_jax.models.video_net import VideoNet
 
-__all__ = ["AKNet", "KINDS", "VideoBackbone", "VideoNet", "build", "compact", "feature_grid",
-           "feature_stride", "fields", "from_fields", "gmacs", "init_variables", "input_shape",
-           "param_count", "variable_shapes"]
+__all__ = ["AKNet", "KINDS", "VideoBackbone", "VideoNet", "build", "compact", "display_name",
+           "feature_grid", "feature_stride", "fields", "from_fields", "gmacs", "init_variables",
+           "input_shape", "param_count", "variable_shapes"]
 
 # Each factory field and the config path it is read from (also how errors name it).
 _BACKBONE_FIELDS = {

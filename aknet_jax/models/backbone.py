@@ -19,6 +19,12 @@ from aknet_jax.models.batch_norm import norm_layer
 from aknet_jax.models.max_pool import max_pool_3x3_s2
 
 BACKBONES = ("tsn", "tsm", "tdn", "tea", "tada2d")
+_NAMES = {"tada2d": "TAda2D"}  # As its paper writes it; the others are their field upper-cased.
+
+
+def display_name(backbone: str) -> str:
+  """The backbone as reports and logs name it: 'TSM', 'TAda2D'."""
+  return _NAMES.get(backbone, backbone.upper())
 
 
 def frames_per_segment(backbone: str) -> int:

@@ -125,10 +125,10 @@ def train_stage(config, workdir: str, stage: str) -> dict:
   if start == 0:
     writer.write_hparams(_flatten(cfg.to_dict()))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+  label = "AK-Net" if kind == "aknet" else models.display_name(cfg.model.backbone)
   logging.info("Stage %s: %s, %d params, %d steps (%.1f epochs of %d clips), batch %d on %d devices",
-               stage, "AK-Net" if kind == "aknet" else cfg.model.backbone.upper(), n_params,
-               num_steps, num_steps / optim.steps_per_epoch(cfg, n_train), n_train,
-               cfg.train.batch_size, jax.device_count())
+               stage, label, n_params, num_steps, num_steps / optim.steps_per_epoch(cfg, n_train),
+               n_train, cfg.train.batch_size, jax.device_count())
   names = pipeline.class_names(cfg)
   eval_model = models.build(cfg, kind)
 
