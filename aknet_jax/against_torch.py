@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 
 from aknet_jax import cost
-from aknet_jax import models
 from aknet_jax import host_memory
+from aknet_jax import models
 from aknet_jax.checkpoints import torch_layout
 from aknet_jax.timing import (TRAIN_WARMUP, across_processes, device_name, latency_stats,
                               peak_tflops, time_interleaved)
