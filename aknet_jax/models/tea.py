@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aknet_jax.models import batch_norm
 from aknet_jax.models import tdn
 from aknet_jax.models import winograd
 
@@ -100,10 +101,9 @@ class MotionExcitation(nn.Module):
 
 
 def _affine(bn) -> bool:
-  """Whether `bn` applies its running statistics (inference), outside MAC counting (which counts
-  ME's conv1 at full resolution, as defined)."""
-  frozen = bool(bn.use_running_average) and not bn.is_initializing()
-  return frozen and not winograd.in_direct_form()
+  """Whether `bn` applies its running statistics (inference, `batch_norm.frozen_affine`), outside
+  MAC counting (which counts ME's conv1 at full resolution, as defined)."""
+  return not winograd.in_direct_form() and batch_norm.frozen_affine(bn) is not None
 
 
 def affine_window_means(x, conv1, bn1) -> jnp.ndarray:
