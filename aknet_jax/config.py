@@ -121,10 +121,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def measured_aknet(c: ml_collections.ConfigDict):
-  """The AK-Net that is cheaper than its baseline in measured time (ResNet-50, 8 x 224², 2-core
-  CPU, docs/benchmarks.md): no transform net and the squared point stride. MACs 0.853 of TSM,
-  latency 0.94 (batch 1) / 0.93 (batch 8), training step 1.08x; the paper's full transform
-  costs 1.62x TSM's training step (squared stride)."""
+  """The AK-Net that is cheaper than its baseline in measured time: no transform net and the
+  squared point stride. AK-Net-TSM (ResNet-50, 8 x 224², 2-core CPU; README, "Defaults"): MACs
+  0.853 of TSM's, latency 0.86 (batch 1) / 0.85 (batch 8), training step 1.02x; the paper's full
+  transform pays a 1.08 GB weight read per call and 1.36x TSM's training step."""
   c.model.aknet.transform_mode = "none"
   c.model.aknet.point_stride = "squared"
 

@@ -100,6 +100,21 @@ def test_num_steps_keeps_milestones_as_fractions_of_the_schedule():
   assert float(sched(80)) == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("lr_steps,after_warmup", [((20, 40), (1.0, 0.1, 0.01)),
+                                                   ((2, 40), (0.1, 0.1, 0.01))])
+def test_warmup_leaves_the_milestones_where_the_schedule_puts_them(lr_steps, after_warmup):
+  """As TDN's GradualWarmupScheduler over MultiStepLR: a linear ramp from lr / 100 over the
+  warm-up, then the step decays at the same steps as without a warm-up (epochs 20 and 40 of 50:
+  steps 40 and 80 of 100); a milestone inside the warm-up (epoch 2: step 4) applies from its end."""
+  c = _config(num_steps=100, num_epochs=50, lr_steps=lr_steps, learning_rate=1.0, lr_decay=0.1,
+              warmup_steps=10)
+  sched = optim.learning_rate_schedule(c, 100)
+  lr = [float(sched(i)) for i in range(100)]
+  np.testing.assert_allclose(lr[:10], [0.01 + 0.99 * i / 10 for i in range(10)], rtol=1e-6)
+  for (start, stop), value in zip(((10, 40), (40, 80), (80, 100)), after_warmup):
+    np.testing.assert_allclose(lr[start:stop], value, rtol=1e-6)
+
+
 def test_uniform_policy_is_plain_sgd_on_everything():
   c = _config(lr_policy="uniform")
   lr_mult, decay_mult = optim.multipliers(c, _params(np.random.default_rng(0)), new_classifier=True)

@@ -45,20 +45,26 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int):
   """Step decay by `lr_decay` at `lr_steps`, given in epochs of the `num_epochs` schedule.
 
   With `num_steps` set, the milestones keep their place as fractions of the schedule
-  (epoch 20 of 50 -> 40 % of the steps), so short runs keep the recipe's shape.
+  (epoch 20 of 50 -> 40 % of the steps), so short runs keep the recipe's shape. A linear warm-up
+  from lr / 100 leaves them where they are (TDN's warm-up: its MultiStepLR milestones are epochs
+  of the whole run); a milestone inside the warm-up applies from its end.
   """
   t = config.train
   total_epochs = float(t.num_epochs) if t.num_epochs > 0 else 1.0
-  boundaries = {}
+  warmup = max(int(t.warmup_steps), 0)
+  lr = base_learning_rate(config)
+  peak, boundaries = lr, {}
   for e in t.lr_steps:
     step = int(round(num_steps * float(e) / total_epochs))
-    if 0 < step < num_steps:
-      boundaries[step] = boundaries.get(step, 1.0) * t.lr_decay
-  lr = base_learning_rate(config)
-  schedule = optax.piecewise_constant_schedule(lr, boundaries)
-  if t.warmup_steps > 0:
-    warm = optax.linear_schedule(lr / 100.0, lr, t.warmup_steps)
-    schedule = optax.join_schedules([warm, schedule], [t.warmup_steps])
+    if step <= warmup:
+      peak *= t.lr_decay if 0 < step else 1.0
+    elif step < num_steps:
+      # optax.join_schedules counts the schedule after the warm-up from 0.
+      boundaries[step - warmup] = boundaries.get(step - warmup, 1.0) * t.lr_decay
+  schedule = optax.piecewise_constant_schedule(peak, boundaries)
+  if warmup > 0:
+    warm = optax.linear_schedule(lr / 100.0, lr, warmup)
+    schedule = optax.join_schedules([warm, schedule], [warmup])
   return schedule
 
 
