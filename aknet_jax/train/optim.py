@@ -56,10 +56,11 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int):
   peak, boundaries = lr, {}
   for e in t.lr_steps:
     step = int(round(num_steps * float(e) / total_epochs))
+    if not 0 < step < num_steps:
+      continue
     if step <= warmup:
-      peak *= t.lr_decay if 0 < step else 1.0
-    elif step < num_steps:
-      # optax.join_schedules counts the schedule after the warm-up from 0.
+      peak *= t.lr_decay
+    else:  # optax.join_schedules counts the schedule after the warm-up from 0.
       boundaries[step - warmup] = boundaries.get(step - warmup, 1.0) * t.lr_decay
   schedule = optax.piecewise_constant_schedule(peak, boundaries)
   if warmup > 0:
